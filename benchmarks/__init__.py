@@ -1,0 +1,1 @@
+"""fastllm benchmark suites (see README "Benchmarks")."""
