@@ -68,6 +68,64 @@ def check_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
     return float(softmax_scale)
 
 
+def check_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> None:
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the hidden size), got a 0-d tensor")
+    check_tensor("weight", weight, ndim=1, dtypes=FLOAT_DTYPES, device=x.device)
+    if weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    if residual is not None:
+        check_tensor("residual", residual, dtypes=FLOAT_DTYPES, device=x.device)
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+
+
+def check_rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
+) -> None:
+    check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES, device=q.device)
+    check_tensor("positions", positions, ndim=1, dtypes=INDEX_DTYPES, device=q.device)
+    check_tensor("cos_cache", cos_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
+    check_tensor("sin_cache", sin_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
+    if q.shape[0] != positions.shape[0] or k.shape[0] != positions.shape[0]:
+        raise ValueError(
+            f"q, k and positions must agree on the token count, got {q.shape[0]}, {k.shape[0]}, {positions.shape[0]}"
+        )
+    if k.shape[-1] != q.shape[-1] or cos_cache.shape[-1] * 2 != q.shape[-1] or sin_cache.shape != cos_cache.shape:
+        raise ValueError(
+            f"cos_cache and sin_cache must have shape [max_position, {q.shape[-1] // 2}] for head dim "
+            f"{q.shape[-1]}, got {tuple(cos_cache.shape)} and {tuple(sin_cache.shape)}"
+        )
+
+
+def check_silu_and_mul(x: torch.Tensor) -> None:
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    if x.dim() == 0 or x.shape[-1] % 2:
+        raise ValueError(f"x's last dimension must be even ([gate | up]), got shape {tuple(x.shape)}")
+
+
+def check_store_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("v", v, ndim=3, dtypes=FLOAT_DTYPES, device=k.device)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES, device=k.device)
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=FLOAT_DTYPES, device=k.device)
+    check_tensor("slot_mapping", slot_mapping, ndim=1, dtypes=INDEX_DTYPES, device=k.device)
+    check_same_dtype(("k", "v", "k_cache", "v_cache"), (k, v, k_cache, v_cache))
+    if k.shape != v.shape or k_cache.shape != v_cache.shape or k.shape[1:] != k_cache.shape[2:]:
+        raise ValueError(
+            f"k/v [T, Hkv, D] must match caches [num_blocks, block_size, Hkv, D], got k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}"
+        )
+    if slot_mapping.shape[0] != k.shape[0]:
+        raise ValueError(f"slot_mapping must have one slot per token ({k.shape[0]}), got {slot_mapping.shape[0]}")
+
+
 def check_varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -156,3 +214,34 @@ def check_sample(
     for name, t, dtypes in per_row:
         check_tensor(name, t, ndim=1, dtypes=dtypes, device=logits.device)
         check_shape(name, t, (batch,))
+
+
+def check_cu_seqlens(
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    num_q_tokens: int,
+    num_k_tokens: int | None,
+    kv_capacity: int | None,
+) -> tuple[list[int], list[int]]:
+    """Validate cumulative sequence lengths on the host; return them as lists (one device sync).
+
+    `num_k_tokens` is the packed key count (contiguous keys) and `kv_capacity` the tokens one
+    block-table row can address (paged keys); pass None for the one that does not apply.
+    """
+    starts = torch.stack((cu_seqlens_q, cu_seqlens_k)).tolist()
+    starts_q, starts_k = starts
+    if starts_q[0] != 0 or starts_k[0] != 0:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must start at 0, got {starts_q[0]} and {starts_k[0]}")
+    if starts_q[-1] != num_q_tokens:
+        raise ValueError(f"cu_seqlens_q[-1] ({starts_q[-1]}) must equal the number of query tokens ({num_q_tokens})")
+    if num_k_tokens is not None and starts_k[-1] != num_k_tokens:
+        raise ValueError(f"cu_seqlens_k[-1] ({starts_k[-1]}) must equal the number of key tokens ({num_k_tokens})")
+    for b in range(len(starts_q) - 1):
+        len_q, len_k = starts_q[b + 1] - starts_q[b], starts_k[b + 1] - starts_k[b]
+        if len_q < 0 or len_k < 0:
+            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must be non-decreasing (sequence {b})")
+        if kv_capacity is not None and len_k > kv_capacity:
+            raise ValueError(
+                f"sequence {b} has {len_k} cached tokens but its block_table row holds only {kv_capacity}"
+            )
+    return starts_q, starts_k

@@ -13,10 +13,14 @@ import torch.nn.functional as F
 
 from fastllm.kernels._checks import (
     FLOAT_DTYPES,
+    check_cu_seqlens,
     check_paged_decode,
+    check_rms_norm,
+    check_rotary,
     check_sample,
-    check_same_dtype,
+    check_silu_and_mul,
     check_softmax_scale,
+    check_store_kv_cache,
     check_tensor,
     check_varlen_attention,
 )
@@ -35,10 +39,7 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, HF Llama semantics: normalize in float32, cast, then scale."""
-    check_tensor("x", x, dtypes=FLOAT_DTYPES)
-    check_tensor("weight", weight, ndim=1, dtypes=FLOAT_DTYPES, device=x.device)
-    if weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    check_rms_norm(x, weight, eps)
     xf = x.to(_compute_dtype(x.dtype))
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype)
@@ -48,9 +49,7 @@ def fused_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (rms_norm(x + residual), x + residual): the residual stream and its normalized copy."""
-    check_tensor("residual", residual, dtypes=FLOAT_DTYPES, device=x.device)
-    if residual.shape != x.shape:
-        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    check_rms_norm(x, weight, eps, residual)
     summed = x + residual
     return rms_norm(summed, weight, eps), summed
 
@@ -67,20 +66,7 @@ def rotary_embedding(
     q: [T, Hq, D], k: [T, Hkv, D], positions: int [T], cos_cache/sin_cache: [max_position, D // 2].
     Returns new rotated (q, k).
     """
-    check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES, device=q.device)
-    check_tensor("positions", positions, ndim=1, dtypes=(torch.int32, torch.int64), device=q.device)
-    check_tensor("cos_cache", cos_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
-    check_tensor("sin_cache", sin_cache, ndim=2, dtypes=FLOAT_DTYPES, device=q.device)
-    if q.shape[0] != positions.shape[0] or k.shape[0] != positions.shape[0]:
-        raise ValueError(
-            f"q, k and positions must agree on the token count, got {q.shape[0]}, {k.shape[0]}, {positions.shape[0]}"
-        )
-    if k.shape[-1] != q.shape[-1] or cos_cache.shape[-1] * 2 != q.shape[-1] or sin_cache.shape != cos_cache.shape:
-        raise ValueError(
-            f"cos_cache and sin_cache must have shape [max_position, {q.shape[-1] // 2}] for head dim "
-            f"{q.shape[-1]}, got {tuple(cos_cache.shape)} and {tuple(sin_cache.shape)}"
-        )
+    check_rotary(q, k, positions, cos_cache, sin_cache)
     cos = cos_cache[positions].unsqueeze(1)
     sin = sin_cache[positions].unsqueeze(1)
 
@@ -94,9 +80,7 @@ def rotary_embedding(
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]."""
-    check_tensor("x", x, dtypes=FLOAT_DTYPES)
-    if x.shape[-1] % 2:
-        raise ValueError(f"x's last dimension must be even ([gate | up]), got {x.shape[-1]}")
+    check_silu_and_mul(x)
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
 
@@ -113,19 +97,7 @@ def store_kv_cache(
     k, v: [T, Hkv, D]; caches: [num_blocks, block_size, Hkv, D]; slot_mapping: int [T] with
     slot = block * block_size + offset. Slots < 0 are padding and skipped.
     """
-    check_tensor("k", k, ndim=3, dtypes=FLOAT_DTYPES)
-    check_tensor("v", v, ndim=3, dtypes=FLOAT_DTYPES, device=k.device)
-    check_tensor("k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES, device=k.device)
-    check_tensor("v_cache", v_cache, ndim=4, dtypes=FLOAT_DTYPES, device=k.device)
-    check_tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64), device=k.device)
-    check_same_dtype(("k", "v", "k_cache", "v_cache"), (k, v, k_cache, v_cache))
-    if k.shape != v.shape or k_cache.shape != v_cache.shape or k.shape[1:] != k_cache.shape[2:]:
-        raise ValueError(
-            f"k/v [T, Hkv, D] must match caches [num_blocks, block_size, Hkv, D], got k {tuple(k.shape)}, "
-            f"v {tuple(v.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}"
-        )
-    if slot_mapping.shape[0] != k.shape[0]:
-        raise ValueError(f"slot_mapping must have one slot per token ({k.shape[0]}), got {slot_mapping.shape[0]}")
+    check_store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep]
@@ -147,7 +119,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sca
     """
     lq, lk = q.shape[0], k.shape[0]
     dtype = _compute_dtype(q.dtype)
-    qh, kh, vh = (t.transpose(0, 1).to(dtype) for t in (q, k, v))
+    # [1, H, L, D]: SDPA on CPU picks a different (not bit-identical) kernel for 3-D inputs, and
+    # HF transformers calls it with 4-D ones; matching it keeps greedy parity exact.
+    qh, kh, vh = (t.transpose(0, 1).unsqueeze(0).to(dtype) for t in (q, k, v))
     if causal and lq == lk:
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
     elif causal:
@@ -155,10 +129,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sca
         cols = torch.arange(lk, device=q.device).unsqueeze(0)
         visible = cols <= rows + (lk - lq)
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=visible, scale=scale, enable_gqa=True)
-        out = out.masked_fill(~visible.any(dim=1).view(1, lq, 1), 0.0)
+        out = out.masked_fill(~visible.any(dim=1).view(1, 1, lq, 1), 0.0)
     else:
         out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=True)
-    return out.transpose(0, 1).to(q.dtype)
+    return out[0].transpose(0, 1).to(q.dtype)
 
 
 def varlen_attention(
@@ -183,27 +157,20 @@ def varlen_attention(
     """
     check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
-    starts_q = cu_seqlens_q.tolist()
-    starts_k = cu_seqlens_k.tolist()
-    if starts_q[-1] != q.shape[0]:
-        raise ValueError(f"cu_seqlens_q[-1] ({starts_q[-1]}) must equal the number of query tokens ({q.shape[0]})")
-    if block_table is None and starts_k[-1] != k.shape[0]:
-        raise ValueError(f"cu_seqlens_k[-1] ({starts_k[-1]}) must equal the number of key tokens ({k.shape[0]})")
+    paged = block_table is not None
+    starts_q, starts_k = check_cu_seqlens(
+        cu_seqlens_q, cu_seqlens_k, q.shape[0],
+        num_k_tokens=None if paged else k.shape[0],
+        kv_capacity=block_table.shape[1] * k.shape[1] if paged else None,
+    )
     out = torch.empty_like(q)
     for b in range(len(starts_q) - 1):
         q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
-        if q1 < q0 or k1 < k0:
-            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must be non-decreasing (sequence {b})")
         if q1 == q0:
             continue
         if block_table is None:
             keys, values = k[k0:k1], v[k0:k1]
         else:
-            capacity = block_table.shape[1] * k.shape[1]
-            if k1 - k0 > capacity:
-                raise ValueError(
-                    f"sequence {b} has {k1 - k0} cached tokens but its block_table row holds only {capacity}"
-                )
             keys = _gather_paged(k, block_table[b], k1 - k0)
             values = _gather_paged(v, block_table[b], k1 - k0)
         out[q0:q1] = _attend(q[q0:q1], keys, values, causal, scale)

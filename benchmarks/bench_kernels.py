@@ -1,0 +1,513 @@
+"""Kernel benchmark: correctness against float64, then timings beside PyTorch baselines and ceilings.
+
+    python benchmarks/bench_kernels.py [--out FILE] [--only NAME ...]
+
+On a CUDA GPU, for bf16 and fp16: each Triton kernel is checked against its float64 PyTorch twin
+(`fastllm.kernels.reference`) on a moderate shape, then timed with `triton.testing.do_bench`
+(median) on the issue's shapes beside its baseline: torch SDPA's flash backend (prefill),
+gather-then-SDPA (paged decode), `torch.softmax`, a sort-based top-k/top-p sampler as vLLM
+writes it (sampling), and the eager PyTorch reference for the fused small ops. The hardware
+ceilings are measured in the same run, a large device-to-device copy (bandwidth) and a large
+bf16 matmul (tensor-core throughput), and each result reports its fraction of them. Results go
+to benchmarks/results/<date>-<device>-kernels.json.
+
+Without a GPU the script sets TRITON_INTERPRET=1 and runs tiny float16 shapes on the CPU so that
+every code path is exercised; those timings are meaningless, labelled so, and not written to a
+file unless --out is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# With TRITON_INTERPRET=1 already set (as the test suite does) the kernels cannot run on the GPU.
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before fastllm.kernels is imported
+
+import triton  # noqa: E402
+import triton.testing  # noqa: E402
+
+import fastllm.kernels as kernels  # noqa: E402
+from fastllm.kernels import reference  # noqa: E402
+
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+DTYPES = (torch.bfloat16, torch.float16) if ON_GPU else (torch.float16,)
+TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 5e-3, torch.float32: 1e-4}
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _randn(*shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, device=DEVICE) * scale).to(dtype)
+
+
+def _median_ms(fn: Callable[[], object]) -> float:
+    """Median milliseconds per call: do_bench on the GPU, a plain wall clock in the interpreter."""
+    if ON_GPU:
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+# -- ceilings ----------------------------------------------------------------------------------
+
+
+def measure_ceilings() -> dict[str, Any]:
+    """Copy bandwidth (read + write bytes per second) and bf16 matmul throughput, measured now."""
+    copy_bytes = (1 << 30) if ON_GPU else (1 << 23)
+    src = torch.empty(copy_bytes, dtype=torch.uint8, device=DEVICE)
+    dst = torch.empty_like(src)
+    copy_ms = _median_ms(lambda: dst.copy_(src))
+    n = 8192 if ON_GPU else 256
+    mm_dtype = torch.bfloat16 if ON_GPU else torch.float32
+    a, b = _randn(n, n, dtype=mm_dtype), _randn(n, n, dtype=mm_dtype)
+    mm_ms = _median_ms(lambda: a @ b)
+    del src, dst
+    return {
+        "copy_bytes": copy_bytes,
+        "copy_ms": copy_ms,
+        "copy_tb_per_s": 2 * copy_bytes / copy_ms / 1e9,
+        "matmul_shape": [n, n, n],
+        "matmul_dtype": str(mm_dtype).removeprefix("torch."),
+        "matmul_ms": mm_ms,
+        "matmul_tflop_per_s": 2 * n**3 / mm_ms / 1e9,
+    }
+
+
+# -- cases -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Case:
+    """One kernel on one shape.
+
+    build(dtype, check) -> inputs (a dict); check=True asks for the moderate correctness shape.
+    kernel/baseline(inputs) run the Triton kernel / the PyTorch baseline; check(inputs) returns
+    the kernel's relative error against float64 (or 0/1 for exact and set-membership checks).
+    bytes/flops(inputs) give the least memory traffic and the useful floating-point work.
+    dtypes: the activation dtypes to run (the sampler takes the model's float32 logits).
+    """
+
+    name: str
+    build: Callable[[torch.dtype, bool], dict[str, Any]]
+    kernel: Callable[[dict[str, Any]], object]
+    check: Callable[[dict[str, Any]], float]
+    baseline_name: str | None = None
+    baseline: Callable[[dict[str, Any]], object] | None = None
+    bytes: Callable[[dict[str, Any]], int] | None = None
+    flops: Callable[[dict[str, Any]], int] | None = None
+    tolerance_scale: float = 1.0
+    dtypes: tuple[torch.dtype, ...] = DTYPES
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _float64(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def _twin_error(op: str, args: Callable[[dict[str, Any]], tuple]) -> Callable[[dict[str, Any]], float]:
+    """Check: the kernel against its PyTorch twin run on float64 copies (max over tuple outputs)."""
+    def check(i: dict[str, Any]) -> float:
+        out = getattr(kernels, op)(*args(i))
+        ref = getattr(reference, op)(*args(_float64(i)))
+        pairs = zip(out, ref) if isinstance(out, tuple) else [(out, ref)]
+        return max(_relative_error(o, r) for o, r in pairs)
+    return check
+
+
+def _twin_case(name: str, op: str, build: Callable[[torch.dtype, bool], dict[str, Any]],
+               args: Callable[[dict[str, Any]], tuple], bytes: Callable[[dict[str, Any]], int], **overrides: Any) -> Case:
+    """A kernel timed beside its eager PyTorch twin (unless `overrides` names another baseline)."""
+    fields = {
+        "kernel": lambda i: getattr(kernels, op)(*args(i)),
+        "check": _twin_error(op, args),
+        "baseline_name": f"eager PyTorch (reference.{op})",
+        "baseline": lambda i: getattr(reference, op)(*args(i)),
+        "bytes": bytes,
+    }
+    fields.update(overrides)
+    return Case(name=name, build=build, **fields)
+
+
+def _softmax_inputs(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+    rows, cols = ((256, 8192) if check else (8192, 16384)) if ON_GPU else (16, 700)
+    return {"x": _randn(rows, cols, dtype=dtype, scale=3.0)}
+
+
+def _norm_inputs(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+    tokens, hidden = ((512, 4096) if check else (8192, 4096)) if ON_GPU else (8, 576)
+    return {"x": _randn(tokens, hidden, dtype=dtype), "residual": _randn(tokens, hidden, dtype=dtype),
+            "weight": _randn(hidden, dtype=dtype), "eps": 1e-5}
+
+
+def _rotary_inputs(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+    tokens, q_heads, kv_heads, head_dim = ((512, 32, 8, 128) if check else (8192, 32, 8, 128)) if ON_GPU else (8, 4, 2, 64)
+    angles = torch.rand(tokens * 2, head_dim // 2, device=DEVICE) * 10
+    return {"q": _randn(tokens, q_heads, head_dim, dtype=dtype), "k": _randn(tokens, kv_heads, head_dim, dtype=dtype),
+            "positions": torch.randperm(tokens * 2, device=DEVICE)[:tokens], "cos": angles.cos(), "sin": angles.sin()}
+
+
+def _silu_inputs(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+    tokens, inter = ((512, 14336) if check else (8192, 14336)) if ON_GPU else (8, 1536)
+    return {"x": _randn(tokens, 2 * inter, dtype=dtype, scale=2.0)}
+
+
+def _store_inputs(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+    tokens, kv_heads, head_dim, block_size = ((512, 8, 128, 16) if check else (8192, 8, 128, 16)) if ON_GPU else (8, 2, 64, 16)
+    num_blocks = 2 * tokens // block_size
+    cache_shape = (num_blocks, block_size, kv_heads, head_dim)
+    return {"k": _randn(tokens, kv_heads, head_dim, dtype=dtype), "v": _randn(tokens, kv_heads, head_dim, dtype=dtype),
+            "k_cache": torch.zeros(cache_shape, dtype=dtype, device=DEVICE),
+            "v_cache": torch.zeros(cache_shape, dtype=dtype, device=DEVICE),
+            "slots": torch.randperm(num_blocks * block_size, device=DEVICE)[:tokens]}
+
+
+def _store_args(i: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return i["k"], i["v"], i["k_cache"], i["v_cache"], i["slots"]
+
+
+def _store_check(i: dict[str, Any]) -> float:
+    """1 unless the kernel writes exactly the cache the PyTorch twin writes."""
+    kernels.store_kv_cache(*_store_args(i))
+    expected_k, expected_v = torch.zeros_like(i["k_cache"]), torch.zeros_like(i["v_cache"])
+    reference.store_kv_cache(i["k"], i["v"], expected_k, expected_v, i["slots"])
+    return float(not (torch.equal(i["k_cache"], expected_k) and torch.equal(i["v_cache"], expected_v)))
+
+
+SOFTMAX = _twin_case(
+    "softmax", "softmax", _softmax_inputs, lambda i: (i["x"],), lambda i: 2 * _nbytes(i["x"]),
+    baseline_name="torch.softmax", baseline=lambda i: torch.softmax(i["x"], dim=-1),
+)
+FUSED_ADD_RMS_NORM = _twin_case(
+    "fused_add_rms_norm", "fused_add_rms_norm", _norm_inputs,
+    lambda i: (i["x"], i["residual"], i["weight"], i["eps"]),
+    lambda i: 4 * _nbytes(i["x"]),  # read x and residual, write the sum and the normalized copy
+    tolerance_scale=2.0,  # rounded twice in the activation dtype (normalized, then weighted), as in HF
+)
+ROTARY = _twin_case(
+    "rotary_embedding", "rotary_embedding", _rotary_inputs,
+    lambda i: (i["q"], i["k"], i["positions"], i["cos"], i["sin"]), lambda i: 2 * _nbytes(i["q"], i["k"]),
+)
+SILU_AND_MUL = _twin_case(
+    "silu_and_mul", "silu_and_mul", _silu_inputs, lambda i: (i["x"],), lambda i: _nbytes(i["x"]) * 3 // 2,
+    tolerance_scale=2.0,  # silu rounded to the dtype before the multiply, as in PyTorch
+)
+STORE_KV_CACHE = _twin_case(
+    "store_kv_cache", "store_kv_cache", _store_inputs, _store_args, lambda i: 2 * _nbytes(i["k"], i["v"]),
+    check=_store_check,
+)
+
+
+# prefill attention --------------------------------------------------------------------------------
+
+def _prefill_inputs(q_heads: int, kv_heads: int) -> Callable[[torch.dtype, bool], dict[str, Any]]:
+    def build(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+        tokens, head_dim = ((1024 if check else 8192), 128) if ON_GPU else (40, 64)
+        heads = (q_heads, kv_heads) if ON_GPU else (4, 4 if q_heads == kv_heads else 1)
+        cu = torch.tensor([0, tokens], dtype=torch.int32, device=DEVICE)
+        return {"q": _randn(tokens, heads[0], head_dim, dtype=dtype), "k": _randn(tokens, heads[1], head_dim, dtype=dtype),
+                "v": _randn(tokens, heads[1], head_dim, dtype=dtype), "cu": cu, "max_len": tokens}
+    return build
+
+
+def _prefill_kernel(i: dict[str, Any]) -> torch.Tensor:
+    return kernels.varlen_attention(i["q"], i["k"], i["v"], i["cu"], i["cu"], causal=True,
+                                    max_seqlen_q=i["max_len"], max_seqlen_k=i["max_len"])
+
+
+def _prefill_check(i: dict[str, Any]) -> float:
+    ref = reference.varlen_attention(i["q"].double(), i["k"].double(), i["v"].double(), i["cu"], i["cu"], causal=True)
+    return _relative_error(_prefill_kernel(i), ref)
+
+
+def _sdpa_flash(i: dict[str, Any]) -> torch.Tensor:
+    """torch SDPA on [1, H, T, D] views, flash backend only (K/V heads repeated beforehand for GQA)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (i["q"], i["k_rep"], i["v_rep"]))
+    backends = [SDPBackend.FLASH_ATTENTION] if ON_GPU else [SDPBackend.MATH]
+    with sdpa_kernel(backends):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _with_repeated_kv(build: Callable[[torch.dtype, bool], dict[str, Any]]) -> Callable[[torch.dtype, bool], dict[str, Any]]:
+    def wrapped(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+        i = build(dtype, check)
+        group = i["q"].shape[1] // i["k"].shape[1]
+        i["k_rep"] = i["k"].repeat_interleave(group, dim=1)
+        i["v_rep"] = i["v"].repeat_interleave(group, dim=1)
+        return i
+    return wrapped
+
+
+def _causal_flops(i: dict[str, Any]) -> int:
+    tokens, heads, head_dim = i["q"].shape
+    return 4 * heads * head_dim * tokens * (tokens + 1) // 2  # two matmuls over the visible half
+
+
+def _prefill_case(name: str, q_heads: int, kv_heads: int) -> Case:
+    return Case(
+        name=name,
+        build=_with_repeated_kv(_prefill_inputs(q_heads, kv_heads)),
+        kernel=_prefill_kernel,
+        check=_prefill_check,
+        baseline_name="torch SDPA, flash backend" + (" (K/V repeated to all heads, untimed)" if q_heads != kv_heads else ""),
+        baseline=_sdpa_flash,
+        flops=_causal_flops,
+    )
+
+
+# paged decode attention ---------------------------------------------------------------------------
+
+def _decode_inputs(batch: int, context: int) -> Callable[[torch.dtype, bool], dict[str, Any]]:
+    def build(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+        b, ctx, q_heads, kv_heads, head_dim, block_size = (
+            (min(batch, 8) if check else batch, min(context, 2048) if check else context, 32, 4, 128, 16)
+            if ON_GPU else (3, 100, 8, 1, 64, 16)
+        )
+        blocks_per_seq = -(-ctx // block_size)
+        table = torch.randperm(b * blocks_per_seq, device=DEVICE).to(torch.int32).view(b, blocks_per_seq)
+        cache_shape = (b * blocks_per_seq, block_size, kv_heads, head_dim)
+        return {"q": _randn(b, q_heads, head_dim, dtype=dtype), "k_cache": _randn(*cache_shape, dtype=dtype),
+                "v_cache": _randn(*cache_shape, dtype=dtype), "table": table,
+                "seqlens": torch.full((b,), ctx, dtype=torch.int32, device=DEVICE)}
+    return build
+
+
+def _decode_args(i: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return i["q"], i["k_cache"], i["v_cache"], i["seqlens"], i["table"]
+
+
+def _gather_then_sdpa(i: dict[str, Any]) -> torch.Tensor:
+    """The usual fallback: gather each sequence's blocks into contiguous K/V, then SDPA."""
+    q, k_cache, v_cache, seqlens, table = _decode_args(i)
+    batch, q_heads, head_dim = q.shape
+    keys = k_cache[table.long()].flatten(1, 2).transpose(1, 2)  # [B, Hkv, L, D]
+    values = v_cache[table.long()].flatten(1, 2).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(q.unsqueeze(2), keys, values, enable_gqa=True)
+    return out.squeeze(2)
+
+
+def _decode_check(i: dict[str, Any]) -> float:
+    return _relative_error(kernels.paged_decode_attention(*_decode_args(i)),
+                           reference.paged_decode_attention(*_decode_args(_float64(i))))
+
+
+def _decode_case(name: str, batch: int, context: int) -> Case:
+    return Case(
+        name=name,
+        build=_decode_inputs(batch, context),
+        kernel=lambda i: kernels.paged_decode_attention(*_decode_args(i)),
+        check=_decode_check,
+        baseline_name="gather blocks, then torch SDPA",
+        baseline=_gather_then_sdpa,
+        bytes=lambda i: _nbytes(i["q"]) * 2 + 2 * i["seqlens"].sum().item() * i["k_cache"][0, 0].numel()
+        * i["k_cache"].element_size(),
+    )
+
+
+# sampling -----------------------------------------------------------------------------------------
+
+def _sampling_inputs(top_k: int, top_p: float) -> Callable[[torch.dtype, bool], dict[str, Any]]:
+    def build(dtype: torch.dtype, check: bool) -> dict[str, Any]:
+        batch, vocab = ((16 if check else 128), 128256) if ON_GPU else (4, 1000)
+        logits = _randn(batch, vocab, dtype=dtype, scale=3.0)
+        return {"logits": logits, "temperature": torch.full((batch,), 0.8, device=DEVICE),
+                "top_k": torch.full((batch,), top_k, dtype=torch.int32, device=DEVICE),
+                "top_p": torch.full((batch,), top_p, device=DEVICE), "min_p": torch.zeros(batch, device=DEVICE),
+                "seeds": torch.randint(0, 2**62, (batch,), device=DEVICE)}
+    return build
+
+
+def _sample_args(i: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    return i["logits"], i["temperature"], i["top_k"], i["top_p"], i["min_p"], i["seeds"]
+
+
+def _sort_based_sample(i: dict[str, Any]) -> torch.Tensor:
+    """vLLM's PyTorch path: sort, mask top-k and top-p, unsort, then an exponential-race draw."""
+    logits = i["logits"] / i["temperature"].unsqueeze(1)
+    sorted_logits, order = logits.sort(dim=-1, descending=False)
+    vocab = logits.shape[1]
+    top_k = torch.where(i["top_k"] > 0, i["top_k"], vocab).long()
+    kth = sorted_logits.gather(1, (vocab - top_k).unsqueeze(1))
+    sorted_logits.masked_fill_(sorted_logits < kth, float("-inf"))
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= 1 - i["top_p"].unsqueeze(1)
+    drop[:, -1] = False
+    sorted_logits.masked_fill_(drop, float("-inf"))
+    probs = torch.empty_like(sorted_logits).scatter_(1, order, sorted_logits).softmax(dim=-1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
+
+
+def _sampling_check(i: dict[str, Any]) -> float:
+    """1 if any drawn token is outside the float64 filtered distribution's kept set, else 0."""
+    tokens = kernels.sample(*_sample_args(i))
+    probs = reference.filtered_probs(i["logits"].double(), *_sample_args(i)[1:5])
+    return float(not bool((probs.gather(1, tokens.unsqueeze(1)) > 0).all()))
+
+
+def _sampling_case(name: str, top_k: int, top_p: float) -> Case:
+    return Case(
+        name=name,
+        build=_sampling_inputs(top_k, top_p),
+        kernel=lambda i: kernels.sample(*_sample_args(i)),
+        check=_sampling_check,
+        baseline_name="sort-based top-k/top-p (vLLM's PyTorch sampler)",
+        baseline=_sort_based_sample,
+        bytes=lambda i: _nbytes(i["logits"]),  # one read of the logits (the kernel makes several)
+        dtypes=(torch.float32,),  # the model's compute_logits returns float32
+    )
+
+
+CASES = [
+    SOFTMAX,
+    FUSED_ADD_RMS_NORM,
+    ROTARY,
+    SILU_AND_MUL,
+    STORE_KV_CACHE,
+    _prefill_case("prefill_attention_causal_8k_h128_mha", 32, 32),
+    _prefill_case("prefill_attention_causal_8k_h128_gqa4", 32, 8),
+    _decode_case("paged_decode_b64_ctx4k_gqa8", 64, 4096),
+    _decode_case("paged_decode_b4_ctx32k_gqa8_split", 4, 32768),
+    _sampling_case("sample_top_p_b128_v128k", 0, 0.9),
+    _sampling_case("sample_top_k_top_p_b128_v128k", 50, 0.9),
+]
+
+
+# runner -------------------------------------------------------------------------------------------
+
+
+def _shapes(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v.shape) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def run_case(case: Case, dtype: torch.dtype, ceilings: dict[str, Any]) -> dict[str, Any]:
+    tolerance = TOLERANCE[dtype] * case.tolerance_scale
+    error = case.check(case.build(dtype, True))
+    inputs = case.build(dtype, False)
+    result: dict[str, Any] = {
+        "kernel": case.name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "shapes": _shapes(inputs),
+        "check": {"error": error, "tolerance": tolerance, "passed": error <= tolerance},
+        "triton_ms": _median_ms(lambda: case.kernel(inputs)),
+    }
+    if case.baseline is not None:
+        result["baseline"] = case.baseline_name
+        result["baseline_ms"] = _median_ms(lambda: case.baseline(inputs))
+        result["speedup"] = result["baseline_ms"] / result["triton_ms"]
+    if case.bytes is not None:
+        result["bytes"] = int(case.bytes(inputs))
+        result["achieved_tb_per_s"] = result["bytes"] / result["triton_ms"] / 1e9
+        result["fraction_of_copy_bandwidth"] = result["achieved_tb_per_s"] / ceilings["copy_tb_per_s"]
+    if case.flops is not None:
+        result["flops"] = int(case.flops(inputs))
+        result["achieved_tflop_per_s"] = result["flops"] / result["triton_ms"] / 1e9
+        result["fraction_of_matmul"] = result["achieved_tflop_per_s"] / ceilings["matmul_tflop_per_s"]
+    del inputs
+    if ON_GPU:
+        torch.cuda.empty_cache()
+    return result
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name(DEVICE) if ON_GPU else f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _format(result: dict[str, Any]) -> str:
+    parts = [f"{result['kernel']:<40} {result['dtype']:<8}",
+             f"check {'ok ' if result['check']['passed'] else 'FAIL'} ({result['check']['error']:.1e})",
+             f"triton {result['triton_ms']:9.4f} ms"]
+    if "baseline_ms" in result:
+        parts.append(f"baseline {result['baseline_ms']:9.4f} ms  x{result['speedup']:.2f}")
+    if "fraction_of_copy_bandwidth" in result:
+        parts.append(f"{result['achieved_tb_per_s']:.2f} TB/s ({100 * result['fraction_of_copy_bandwidth']:.0f}% of copy)")
+    if "fraction_of_matmul" in result:
+        parts.append(f"{result['achieved_tflop_per_s']:.0f} TFLOP/s ({100 * result['fraction_of_matmul']:.0f}% of matmul)")
+    return "  ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="JSON file to write (default on a GPU: benchmarks/results/<date>-<device>-kernels.json)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only the cases whose name contains one of these")
+    args = parser.parse_args(argv)
+    cases = [c for c in CASES if not args.only or any(part in c.name for part in args.only)]
+    if not cases:
+        parser.error(f"--only matched no case; cases: {', '.join(c.name for c in CASES)}")
+
+    torch.manual_seed(0)
+    device = _device_name()
+    if not ON_GPU:
+        print("No CUDA GPU: running tiny shapes through the Triton interpreter. Timings are MEANINGLESS.")
+    ceilings = measure_ceilings()
+    print(f"{device}: copy {ceilings['copy_tb_per_s']:.2f} TB/s, {ceilings['matmul_dtype']} matmul "
+          f"{ceilings['matmul_tflop_per_s']:.1f} TFLOP/s")
+    results = []
+    for case in cases:
+        for dtype in case.dtypes:
+            results.append(run_case(case, dtype, ceilings))
+            print(_format(results[-1]), flush=True)
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    report = {
+        "date": now.isoformat(timespec="seconds"),
+        "device": device,
+        "interpreter": not ON_GPU,
+        "timings_meaningful": ON_GPU,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "cuda": torch.version.cuda,
+        },
+        "timing": "triton.testing.do_bench median (warmup 25 ms, rep 100 ms)" if ON_GPU
+        else "median of 3 wall-clock runs in the Triton interpreter",
+        "ceilings": ceilings,
+        "results": results,
+    }
+    out = args.out or (RESULTS_DIR / f"{now:%Y-%m-%d}-{_slug(device)}-kernels.json" if ON_GPU else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    failed = [f"{r['kernel']} ({r['dtype']})" for r in results if not r["check"]["passed"]]
+    if failed:
+        print(f"correctness check FAILED: {', '.join(failed)}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    report = main()
+    sys.exit(1 if any(not r["check"]["passed"] for r in report["results"]) else 0)

@@ -1,0 +1,98 @@
+"""RMSNorm, optionally fused with the residual add that precedes it in every decoder layer.
+
+One program normalizes one row held whole in registers. Rounding follows HF Llama exactly
+(normalize in float32, cast to the activation dtype, then multiply by the weight) so that the
+Triton and PyTorch backends produce the same greedy tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fastllm.kernels._checks import check_rms_norm, check_same_dtype
+from fastllm.kernels._runtime import INTERPRETER, check_launchable, next_power_of_2
+
+# A row is held in registers; wider rows than this are not a Llama hidden size.
+_MAX_HIDDEN = 65536
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,
+    residual_ptr,
+    weight_ptr,
+    out_ptr,
+    summed_ptr,
+    n_cols,
+    eps,
+    stride_x,
+    stride_residual,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + row * stride_residual + cols, mask=mask, other=0.0)
+        # Rounded to the activation dtype, as `x + residual` is in PyTorch.
+        x = (x.to(tl.float32) + residual.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        tl.store(summed_ptr + row * n_cols + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+    normed = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
+    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + cols, (normed * weight).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """View as [rows, hidden] with unit column stride, copying only if the layout demands it."""
+    rows = t.reshape(-1, t.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    return rows
+
+
+def _launch(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalized, summed): summed is x + residual, or x itself when there is no residual."""
+    check_rms_norm(x, weight, eps, residual)
+    tensors = [("x", x), ("weight", weight)]
+    if residual is not None:
+        check_same_dtype(("x", "residual"), (x, residual))
+        tensors.append(("residual", residual))
+    check_launchable(*tensors)
+    hidden = x.shape[-1]
+    if hidden > _MAX_HIDDEN:
+        raise ValueError(f"the last dimension of x must be at most {_MAX_HIDDEN}, got {hidden}")
+
+    x_rows = _as_rows(x)
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    summed = torch.empty_like(x) if residual is not None else x
+    if x.numel() == 0:
+        return out, summed
+    residual_rows = _as_rows(residual) if residual is not None else x_rows
+    block = next_power_of_2(hidden)
+    num_warps = 1 if INTERPRETER else min(16, max(1, block // 512))
+    _rms_norm_kernel[(x_rows.shape[0],)](
+        x_rows, residual_rows, weight.contiguous(), out, summed,
+        hidden, float(eps), x_rows.stride(0), residual_rows.stride(0),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+    )
+    return out, summed
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, HF Llama semantics: normalize in float32, cast, then scale."""
+    return _launch(x, None, weight, eps)[0]
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (rms_norm(x + residual), x + residual) from one pass over both inputs."""
+    return _launch(x, residual, weight, eps)

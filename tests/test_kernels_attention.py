@@ -1,0 +1,157 @@
+"""Triton varlen (prefill) and paged decode attention vs their float64 PyTorch twins.
+
+In the interpreter the kernels use 16 x 16 tiles, so sequence lengths 1, 15, 16, 17 and 40
+cover one token, a tile minus one, exactly one tile, one past it and several tiles, and the
+KV-cache block sizes 16 and 32 put block edges on and between tile edges.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import assert_close, cu_seqlens, paged_cache
+
+import fastllm.kernels as kernels
+from fastllm.kernels import reference
+from fastllm.kernels.decode_attention import _paged_decode, num_splits_for
+
+GQA_CASES = [  # (query heads, KV heads, head dim, dtype): groups 1, 3 and 4; head dims 32, 64, 128
+    (2, 2, 32, torch.float32),
+    (6, 2, 64, torch.float16),
+    (4, 1, 128, torch.float32),
+    (3, 1, 64, torch.float32),
+]
+
+
+def _randn(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(dtype)
+
+
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), GQA_CASES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, causal: bool) -> None:
+    generator = torch.Generator().manual_seed(num_q_heads * 1000 + head_dim + causal)
+    # (queries, keys) per sequence: equal lengths around the tile edge and several tiles, then
+    # fewer queries than keys (bottom-right causal) and more (leading queries see no key).
+    lengths_q = [1, 15, 16, 17, 40, 3, 20]
+    lengths_k = [1, 15, 16, 17, 40, 21, 4]
+    q = _randn(sum(lengths_q), num_q_heads, head_dim, dtype=dtype, generator=generator)
+    k = _randn(sum(lengths_k), num_kv_heads, head_dim, dtype=dtype, generator=generator)
+    v = _randn(sum(lengths_k), num_kv_heads, head_dim, dtype=dtype, generator=generator)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    out = kernels.varlen_attention(q, k, v, cu_q, cu_k, causal=causal)
+    ref = reference.varlen_attention(q.double(), k.double(), v.double(), cu_q, cu_k, causal=causal)
+    assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), GQA_CASES[:3])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_varlen_attention_paged(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                                block_size: int) -> None:
+    """Prefix-cache hits and chunked prefill: the new queries attend over a shuffled paged cache."""
+    generator = torch.Generator().manual_seed(block_size * 100 + head_dim)
+    lengths_k = [1, block_size - 1, block_size, block_size + 1, 3 * block_size + 5]  # cached + new
+    lengths_q = [1, block_size - 1, 5, 1, 2 * block_size]  # the new tokens, the last of each sequence
+    k_cache, v_cache, table = paged_cache(lengths_k, block_size, num_kv_heads, head_dim, dtype, generator)
+    q = _randn(sum(lengths_q), num_q_heads, head_dim, dtype=dtype, generator=generator)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    out = kernels.varlen_attention(
+        q, k_cache, v_cache, cu_q, cu_k, block_table=table, max_seqlen_q=max(lengths_q), max_seqlen_k=max(lengths_k)
+    )
+    ref = reference.varlen_attention(q.double(), k_cache.double(), v_cache.double(), cu_q, cu_k, block_table=table)
+    assert_close(out, ref, dtype)
+
+
+def test_varlen_attention_scale_and_strided_inputs() -> None:
+    generator = torch.Generator().manual_seed(7)
+    lengths = [9, 18]
+    qkv = _randn(sum(lengths), 3, 2, 32, dtype=torch.float32, generator=generator)
+    q, k, v = qkv.unbind(1)  # strided [T, H, D] views of a packed qkv tensor
+    cu = cu_seqlens(lengths)
+    out = kernels.varlen_attention(q, k, v, cu, cu, softmax_scale=0.3)
+    ref = reference.varlen_attention(q.double(), k.double(), v.double(), cu, cu, softmax_scale=0.3)
+    assert_close(out, ref, torch.float32)
+
+
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), GQA_CASES)
+@pytest.mark.parametrize(("block_size", "num_splits"), [(16, 1), (32, 3), (16, None)])
+def test_paged_decode_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                                block_size: int, num_splits: int | None) -> None:
+    generator = torch.Generator().manual_seed(num_q_heads * 10 + head_dim + block_size)
+    lengths = [1, block_size - 1, block_size, block_size + 1, 4 * block_size + 3]
+    k_cache, v_cache, table = paged_cache(lengths, block_size, num_kv_heads, head_dim, dtype, generator)
+    q = _randn(len(lengths), num_q_heads, head_dim, dtype=dtype, generator=generator)
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    if num_splits is None:
+        out = kernels.paged_decode_attention(q, k_cache, v_cache, seqlens, table)
+    else:
+        out = _paged_decode(q, k_cache, v_cache, seqlens, table, softmax_scale=None, num_splits=num_splits)
+    ref = reference.paged_decode_attention(q.double(), k_cache.double(), v_cache.double(), seqlens, table)
+    assert_close(out, ref, dtype)
+
+
+def test_paged_decode_attention_matches_varlen_with_one_query() -> None:
+    """A decode step is a paged prefill chunk of one token: both kernels must agree."""
+    generator = torch.Generator().manual_seed(8)
+    lengths = [5, 33, 70]
+    k_cache, v_cache, table = paged_cache(lengths, 16, 2, 64, torch.float32, generator)
+    q = _randn(len(lengths), 8, 64, dtype=torch.float32, generator=generator)
+    decode = _paged_decode(q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32), table,
+                           softmax_scale=0.2, num_splits=4)
+    prefill = kernels.varlen_attention(q, k_cache, v_cache, cu_seqlens([1, 1, 1]), cu_seqlens(lengths),
+                                       softmax_scale=0.2, block_table=table)
+    assert_close(decode, prefill.double(), torch.float32)
+
+
+def test_num_splits_fills_the_gpu_only_when_needed() -> None:
+    assert num_splits_for(programs=512, kv_capacity=4096, block_n=64, sms=132) == 1
+    assert num_splits_for(programs=8, kv_capacity=32768, block_n=64, sms=132) == 33
+    assert num_splits_for(programs=8, kv_capacity=256, block_n=64, sms=132) == 1  # too short to split
+    assert num_splits_for(programs=1, kv_capacity=1 << 20, block_n=64, sms=132) == 64  # capped
+
+
+class TestInputChecks:
+    def setup_method(self) -> None:
+        self.q = torch.randn(5, 4, 16)
+        self.kv = torch.randn(5, 2, 16)
+        self.cu = cu_seqlens([2, 3])
+
+    def test_gqa_heads(self) -> None:
+        with pytest.raises(ValueError, match=r"query heads \(4\) must be a multiple of .* key/value heads \(3\)"):
+            kernels.varlen_attention(self.q, torch.randn(5, 3, 16), torch.randn(5, 3, 16), self.cu, self.cu)
+
+    def test_cu_seqlens(self) -> None:
+        with pytest.raises(ValueError, match=r"cu_seqlens_q\[-1\] \(4\) must equal the number of query tokens \(5\)"):
+            kernels.varlen_attention(self.q, self.kv, self.kv, cu_seqlens([2, 2]), self.cu)
+        with pytest.raises(ValueError, match="must be non-decreasing"):
+            bad = torch.tensor([0, 3, 2, 5], dtype=torch.int32)
+            kernels.varlen_attention(self.q, self.kv, self.kv, bad, bad)
+        with pytest.raises(ValueError, match="cu_seqlens_q must have dtype in"):
+            kernels.varlen_attention(self.q, self.kv, self.kv, self.cu.long(), self.cu)
+
+    def test_hints_and_scale(self) -> None:
+        with pytest.raises(ValueError, match="max_seqlen_q must be a non-negative int or None, got -1"):
+            kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, self.cu, max_seqlen_q=-1)
+        with pytest.raises(ValueError, match="softmax_scale must be a positive float"):
+            kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, self.cu, softmax_scale=0.0)
+
+    def test_paged_capacity(self) -> None:
+        cache = torch.randn(4, 16, 2, 16)
+        table = torch.zeros(2, 1, dtype=torch.int32)
+        with pytest.raises(ValueError, match="sequence 1 has 20 cached tokens but its block_table row holds only 16"):
+            kernels.varlen_attention(self.q, cache, cache, self.cu, cu_seqlens([3, 20]), block_table=table)
+
+    def test_decode_shapes(self) -> None:
+        cache = torch.randn(4, 16, 2, 16)
+        table = torch.zeros(3, 2, dtype=torch.int32)
+        seqlens = torch.ones(3, dtype=torch.int32)
+        with pytest.raises(ValueError, match=r"cache_seqlens must have shape \(3,\)"):
+            kernels.paged_decode_attention(torch.randn(3, 4, 16), cache, cache, seqlens[:2], table)
+        with pytest.raises(ValueError, match="block_table must have 3 rows"):
+            kernels.paged_decode_attention(torch.randn(3, 4, 16), cache, cache, seqlens, table[:2])
+        with pytest.raises(ValueError, match="q and k_cache must have the same head dim"):
+            kernels.paged_decode_attention(torch.randn(3, 4, 32), cache, cache, seqlens, table)
+        with pytest.raises(ValueError, match="num_splits must be an int in"):
+            _paged_decode(torch.randn(3, 4, 16), cache, cache, seqlens, table, softmax_scale=None, num_splits=0)
+        with pytest.raises(ValueError, match="q must have dtype in"):
+            kernels.paged_decode_attention(torch.randn(3, 4, 16).double(), cache.double(), cache.double(), seqlens, table)
