@@ -48,6 +48,12 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            # Computing the frequencies once validates the scaling type and its parameters here,
+            # where loaders can still name the file, rather than when the model is built.
+            from fastllm.model.rotary import rope_inv_freq
+
+            rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
 
     @property
     def num_queries_per_kv(self) -> int:

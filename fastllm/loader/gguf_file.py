@@ -1,0 +1,229 @@
+"""A fast reader for the GGUF container: metadata, tensor directory, memory-mapped tensor bytes.
+
+`gguf.GGUFReader` builds numpy views for every element of every metadata array, which takes
+seconds on a file with a 49k-token vocabulary (measured: 3.9 to 6.3 s for the default model,
+against ~0.1 s here). This reader walks the same layout with `struct` on an mmap, reads numeric
+arrays with one `np.frombuffer` each, and leaves tensor bytes in the mapping until asked for.
+Type codes and block sizes come from the `gguf` package; the test suite checks this reader
+against `gguf.GGUFReader` on the same files.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from fastllm.loader.checkpoint import CheckpointError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+
+_SCALAR_FORMATS = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+_NUMPY_DTYPES = {kind: np.dtype(fmt) for kind, fmt in _SCALAR_FORMATS.items()}
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    """One entry of the tensor directory. `shape` is in PyTorch order (GGUF lists dims fastest first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: GGMLQuantizationType
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads from a buffer; running off the end is a truncated file."""
+
+    def __init__(self, buf: mmap.mmap, path: str) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.path = path
+        self.pos = 0
+
+    def check_room(self, nbytes: int, what: str) -> None:
+        if self.pos + nbytes > self.size:
+            raise CheckpointError(
+                self.path, f"GGUF file is truncated or corrupt: {what} needs {nbytes} bytes at offset {self.pos}, "
+                f"the file has {self.size}"
+            )
+
+    def need(self, nbytes: int, what: str) -> int:
+        """Reserve `nbytes` for `what`; return where they start."""
+        self.check_room(nbytes, what)
+        start = self.pos
+        self.pos = start + nbytes
+        return start
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        return struct.unpack_from(fmt, self.buf, self.need(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        length = self.scalar("<Q", what)
+        start = self.need(length, what)
+        # surrogateescape: a vocabulary may hold byte sequences that are not valid UTF-8; they
+        # survive the round trip through .encode("utf-8", "surrogateescape").
+        return self.buf[start : start + length].decode("utf-8", "surrogateescape")
+
+    def value(self, kind: int, what: str) -> Any:
+        if kind == GGUFValueType.STRING:
+            return self.string(what)
+        if kind == GGUFValueType.ARRAY:
+            return self.array(what)
+        fmt = _SCALAR_FORMATS.get(kind)
+        if fmt is None:
+            raise CheckpointError(self.path, f"GGUF file is corrupt: {what} has unknown value type {kind}")
+        return self.scalar(fmt, what)
+
+    def array(self, what: str) -> Any:
+        kind = self.scalar("<I", what)
+        count = self.scalar("<Q", what)
+        dtype = _NUMPY_DTYPES.get(kind)
+        if dtype is not None:
+            start = self.need(count * dtype.itemsize, what)
+            values = np.frombuffer(self.buf, dtype=dtype, count=count, offset=start).copy()
+            return values.astype(bool) if kind == GGUFValueType.BOOL else values
+        if kind == GGUFValueType.STRING:
+            return self.strings(count, what)
+        # Strings and nested arrays take at least 8 bytes each: bound the count before looping.
+        self.check_room(count * 8, what)
+        return [self.value(kind, what) for _ in range(count)]
+
+    def strings(self, count: int, what: str) -> list[str]:
+        # The hot loop of a GGUF header (tokenizer vocabularies and merges): locals only.
+        self.check_room(count * 8, what)
+        buf, size, pos = self.buf, self.size, self.pos
+        unpack_length = struct.Struct("<Q").unpack_from
+        out = []
+        append = out.append
+        for _ in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.check_room(8, what)
+            (length,) = unpack_length(buf, pos)
+            pos += 8
+            if pos + length > size:
+                self.pos = pos
+                self.check_room(length, what)
+            append(buf[pos : pos + length].decode("utf-8", "surrogateescape"))
+            pos += length
+        self.pos = pos
+        return out
+
+
+class GGUFFile:
+    """A parsed GGUF file: `metadata` (key -> value), `tensors` (name -> GGUFTensorInfo), `raw(name)`.
+
+    Metadata values are Python scalars and strings; numeric arrays are numpy arrays, string
+    arrays lists of str.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, "rb") as f:
+                # Copy-on-write: arrays over the mapping are writable (torch wraps them without
+                # a copy or a warning) and a write never reaches the file.
+                self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except ValueError:  # mmap of an empty file
+            raise CheckpointError(self.path, "GGUF file is empty") from None
+        cursor = _Cursor(self._buf, self.path)
+        magic = bytes(self._buf[:4])
+        if magic != GGUF_MAGIC:
+            raise CheckpointError(self.path, f"not a GGUF file: starts with {magic!r}, expected {GGUF_MAGIC!r}")
+        cursor.need(4, "the magic")
+        self.version = cursor.scalar("<I", "the version")
+        if self.version not in SUPPORTED_VERSIONS:
+            hint = " (a big-endian file?)" if self.version & 0xFFFF == 0 else ""
+            raise CheckpointError(
+                self.path, f"unsupported GGUF version {self.version}{hint}; supported: {SUPPORTED_VERSIONS}"
+            )
+        tensor_count = cursor.scalar("<Q", "the tensor count")
+        kv_count = cursor.scalar("<Q", "the metadata count")
+        self.metadata = self._read_metadata(cursor, kv_count)
+        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise CheckpointError(self.path, f"general.alignment must be a power of two, got {alignment!r}")
+        infos = self._read_tensor_infos(cursor, tensor_count)
+        data_start = -(-cursor.pos // alignment) * alignment
+        self.tensors = {}
+        for name, shape, qtype, relative_offset in infos:
+            info = GGUFTensorInfo(
+                name, shape, qtype, data_start + relative_offset, _tensor_nbytes(self.path, name, shape, qtype)
+            )
+            if info.offset + info.nbytes > len(self._buf):
+                raise CheckpointError(
+                    self.path, f"GGUF file is truncated: tensor {name!r} needs bytes up to offset "
+                    f"{info.offset + info.nbytes}, the file has {len(self._buf)}"
+                )
+            self.tensors[name] = info
+
+    def _read_metadata(self, cursor: _Cursor, count: int) -> dict[str, Any]:
+        metadata: dict[str, Any] = {}
+        for index in range(count):
+            key = cursor.string(f"metadata key #{index}")
+            kind = cursor.scalar("<I", f"the type of metadata {key!r}")
+            if key in metadata:
+                raise CheckpointError(self.path, f"GGUF file is corrupt: duplicate metadata key {key!r}")
+            metadata[key] = cursor.value(kind, f"metadata {key!r}")
+        return metadata
+
+    def _read_tensor_infos(
+        self, cursor: _Cursor, count: int
+    ) -> list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]]:
+        infos, seen = [], set()
+        for index in range(count):
+            name = cursor.string(f"the name of tensor #{index}")
+            n_dims = cursor.scalar("<I", f"the rank of tensor {name!r}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise CheckpointError(self.path, f"GGUF file is corrupt: tensor {name!r} has {n_dims} dimensions")
+            dims = struct.unpack_from(f"<{n_dims}Q", self._buf, cursor.need(8 * n_dims, f"the shape of {name!r}"))
+            type_id = cursor.scalar("<I", f"the type of tensor {name!r}")
+            offset = cursor.scalar("<Q", f"the offset of tensor {name!r}")
+            try:
+                qtype = GGMLQuantizationType(type_id)
+            except ValueError:
+                raise CheckpointError(self.path, f"tensor {name!r} has unknown GGML type id {type_id}") from None
+            if name in seen:
+                raise CheckpointError(self.path, f"GGUF file is corrupt: duplicate tensor {name!r}")
+            seen.add(name)
+            infos.append((name, tuple(reversed(dims)), qtype, offset))
+        return infos
+
+    def raw(self, name: str) -> np.ndarray:
+        """A tensor's bytes, read-only and memory-mapped: uint8 [*shape[:-1], bytes per row]."""
+        info = self.tensors[name]
+        data = np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        return data.reshape(*info.shape[:-1], -1)
+
+
+def _tensor_nbytes(path: str, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block_size:
+        raise CheckpointError(
+            path, f"tensor {name!r} of type {qtype.name} has rows of {shape[-1]} values, "
+            f"not a multiple of its block size {block_size}"
+        )
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return count // block_size * type_size

@@ -1,0 +1,203 @@
+"""GGUF (llama.cpp) llama models -> Checkpoint: metadata to ModelConfig, tensors to HF names and layout."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError
+from fastllm.loader.dequantize import dequantize
+from fastllm.loader.gguf_file import GGUFFile
+from fastllm.model.config import ModelConfig
+from fastllm.model.weights import ROPE_FREQS, shape_problems
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "rope_freqs.weight": ROPE_FREQS,
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """The HF LlamaForCausalLM name of a llama.cpp tensor name, or None if it has none."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    match = _LAYER_TENSOR.fullmatch(gguf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+    return None
+
+
+def unpermute_qk(rows: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation, back to HF's rotate-half layout.
+
+    llama.cpp's converter interleaves the two halves of each head's rows (it rotates adjacent
+    pairs); HF rotates the first half against the second. Rows [h, pair, 2] -> [h, 2, pair].
+    Only whole rows move, so this works on a tensor's raw bytes, quantized or not, before decoding.
+    """
+    count = rows.shape[0]
+    return rows.reshape(num_heads, count // num_heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+_REQUIRED = object()
+
+
+class _Metadata:
+    """Typed access to a GGUF file's `{arch}.*` keys, with errors naming the file and the key."""
+
+    def __init__(self, gguf: GGUFFile, arch: str) -> None:
+        self.values = gguf.metadata
+        self.path = gguf.path
+        self.arch = arch
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key.format(arch=self.arch), default)
+
+    def number(self, key: str, default: Any = _REQUIRED, *, integer: bool = False) -> Any:
+        """The number at `key` (an int if `integer`); `default` when absent, an error if there is none."""
+        name = key.format(arch=self.arch)
+        value = self.values.get(name, default)
+        if value is _REQUIRED:
+            raise CheckpointError(self.path, f"GGUF metadata lacks {name!r}")
+        kinds = (int,) if integer else (int, float)
+        if value is not default and (isinstance(value, bool) or not isinstance(value, kinds)):
+            kind = "an integer" if integer else "a number"
+            raise CheckpointError(self.path, f"GGUF metadata {name!r} must be {kind}, got {value!r}")
+        return value
+
+
+def _rope_scaling(meta: _Metadata, context_length: int) -> dict[str, Any] | None:
+    """HF rope-scaling dict from llama.cpp's `{arch}.rope.scaling.*` keys (llama3 uses rope_freqs instead)."""
+    scaling_type = meta.get("{arch}.rope.scaling.type", "none")
+    factor = meta.get("{arch}.rope.scaling.factor")
+    if scaling_type == "none" and meta.get("{arch}.rope.scale_linear") is not None:
+        scaling_type, factor = "linear", meta.get("{arch}.rope.scale_linear")  # pre-2024 key
+    if scaling_type == "none":
+        return None
+    if scaling_type == "linear":
+        # llama.cpp writes factor 0 or 1 for "no scaling".
+        return None if factor in (None, 0, 1) else {"rope_type": "linear", "factor": float(factor)}
+    if scaling_type == "yarn":
+        scaling = {
+            "rope_type": "yarn",
+            "factor": float(meta.number("{arch}.rope.scaling.factor")),
+            "original_max_position_embeddings": meta.number(
+                "{arch}.rope.scaling.original_context_length", context_length, integer=True
+            ),
+        }
+        for gguf_key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            value = meta.get("{arch}.rope.scaling." + gguf_key)
+            if value is not None:
+                scaling[hf_key] = float(value)
+        return scaling
+    raise CheckpointError(meta.path, f"unsupported rope scaling type {scaling_type!r} (supported: none, linear, yarn)")
+
+
+def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
+    meta = _Metadata(gguf, arch)
+    hidden = meta.number("{arch}.embedding_length", integer=True)
+    num_heads = meta.number("{arch}.attention.head_count", integer=True)
+    key_length = meta.number("{arch}.attention.key_length", None, integer=True)
+    value_length = meta.number("{arch}.attention.value_length", key_length, integer=True)
+    if key_length != value_length:
+        raise CheckpointError(gguf.path, f"key_length {key_length} != value_length {value_length} is not supported")
+    rope_dims = meta.number("{arch}.rope.dimension_count", None, integer=True)
+    # The key length, else the rotary dimension (llama rotates whole heads; HF reads it so), else hidden / heads.
+    head_dim = key_length or rope_dims or hidden // max(num_heads, 1)
+    if rope_dims is not None and rope_dims != head_dim:
+        raise CheckpointError(
+            gguf.path, f"partial rotary embeddings (rope.dimension_count {rope_dims} != head_dim {head_dim}) "
+            "are not supported"
+        )
+    context_length = meta.number("{arch}.context_length", integer=True)
+    if "token_embd.weight" not in gguf.tensors:
+        raise CheckpointError(gguf.path, "GGUF file has no 'token_embd.weight' tensor")
+    vocab_size = gguf.tensors["token_embd.weight"].shape[0]
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    try:
+        return ModelConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=meta.number("{arch}.feed_forward_length", integer=True),
+            num_hidden_layers=meta.number("{arch}.block_count", integer=True),
+            num_attention_heads=num_heads,
+            num_key_value_heads=meta.number("{arch}.attention.head_count_kv", num_heads, integer=True),
+            head_dim=head_dim,
+            max_position_embeddings=context_length,
+            rms_norm_eps=float(meta.number("{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(meta.number("{arch}.rope.freq_base", 10000.0)),
+            rope_scaling=_rope_scaling(meta, context_length),
+            tie_word_embeddings="output.weight" not in gguf.tensors,
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_token_id=eos,
+            name=meta.get("general.name") or Path(gguf.path).stem,
+            extra={
+                "architecture": arch,
+                "chat_template": meta.get("tokenizer.chat_template"),
+                "eos_token_ids": () if eos is None else (eos,),
+            },
+        )
+    except ValueError as exc:
+        raise CheckpointError(gguf.path, f"invalid model hyper-parameters: {exc}") from None
+
+
+def load_gguf(path: str | os.PathLike) -> Checkpoint:
+    """Load a llama-architecture GGUF file: config from its metadata, weights dequantized to HF layout."""
+    gguf = GGUFFile(path)
+    arch = gguf.metadata.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise CheckpointError(
+            gguf.path, f"unsupported model architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    parts = gguf.metadata.get("split.count", 1)
+    if parts != 1:
+        raise CheckpointError(
+            gguf.path, f"this is one part of a split GGUF model ({parts} parts); merge them first "
+            "(llama-gguf-split --merge) and load the merged file"
+        )
+    config = _config(gguf, arch)
+    unknown = [name for name in gguf.tensors if hf_name(name) is None]
+    if unknown:
+        raise CheckpointError(
+            gguf.path, f"unexpected tensors for a {arch} model: {', '.join(unknown[:4])}"
+            f"{' ...' if len(unknown) > 4 else ''}"
+        )
+    # Check shapes before un-permuting (which needs whole heads): from the directory, decoding nothing.
+    problems = shape_problems({hf_name(name): info.shape for name, info in gguf.tensors.items()}, config)
+    if problems:
+        raise CheckpointError(gguf.path, "; ".join(problems))
+    heads = {
+        "self_attn.q_proj.weight": config.num_attention_heads,
+        "self_attn.k_proj.weight": config.num_key_value_heads,
+    }
+    weights = {}
+    for name, info in gguf.tensors.items():
+        target = hf_name(name)
+        raw = gguf.raw(name)
+        num_heads = next((count for suffix, count in heads.items() if target.endswith(suffix)), None)
+        if num_heads is not None:
+            raw = unpermute_qk(raw, num_heads)
+        try:
+            weights[target] = dequantize(raw, info.qtype, info.shape)
+        except ValueError as exc:
+            raise CheckpointError(gguf.path, f"tensor {name!r}: {exc}") from None
+    return Checkpoint(config=config, weights=weights, path=gguf.path, format="gguf")

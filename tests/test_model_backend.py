@@ -1,0 +1,80 @@
+"""The backend seam: names, resolution, the triton guard, and `attention` over its three paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastllm.kernels.reference as reference
+from fastllm.model.backend import OP_NAMES, AttentionMetadata, Backend, get_backend, resolve_backend
+
+
+def test_torch_backend_wraps_the_reference_ops():
+    backend = get_backend("torch")
+    assert backend.name == "torch" and get_backend("torch") is backend
+    for op in OP_NAMES:
+        assert getattr(backend, op) is getattr(reference, op)
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="backend must be one of 'torch', 'triton', got 'cuda'"):
+        get_backend("cuda")
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of 'torch', 'triton', got 'fast'"):
+        resolve_backend("fast", "cpu")
+
+
+def test_resolve_backend():
+    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "triton"
+    assert resolve_backend("triton", "cpu") == "triton"
+    assert resolve_backend("torch", "cuda") == "torch"
+
+
+def test_triton_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend 'triton' needs a CUDA GPU .or TRITON_INTERPRET=1"):
+        get_backend("triton")
+
+
+def test_a_module_lacking_ops_is_rejected():
+    import types
+
+    with pytest.raises(ValueError, match="lacks the ops rms_norm, "):
+        Backend("partial", types.ModuleType("partial_ops"))
+
+
+def test_attention_paths_agree_with_dense_causal_attention():
+    """Prefill over new k/v, prefill over the paged cache (prefix hit), decode: all equal plain SDPA."""
+    backend = get_backend("torch")
+    heads, kv_heads, dim, block_size, length = 4, 2, 8, 4, 11
+    q, k, v = torch.randn(length, heads, dim), torch.randn(length, kv_heads, dim), torch.randn(length, kv_heads, dim)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, enable_gqa=True,
+        scale=0.3,
+    )[0].transpose(0, 1)
+    table = torch.tensor([[2, 0, 3]], dtype=torch.int32)
+    slots = table[0, torch.arange(length) // block_size].long() * block_size + torch.arange(length) % block_size
+    k_cache, v_cache = torch.zeros(4, block_size, kv_heads, dim), torch.zeros(4, block_size, kv_heads, dim)
+
+    def cu(*lengths):
+        return torch.tensor([0, *lengths], dtype=torch.int32)
+
+    split = 7
+    first = backend.attention(
+        q[:split], k[:split], v[:split], k_cache, v_cache,
+        AttentionMetadata(True, slots[:split], cu(split), cu(split), split, split), 0.3,
+    )
+    second = backend.attention(
+        q[split:-1], k[split:-1], v[split:-1], k_cache, v_cache,
+        AttentionMetadata(True, slots[split:-1], cu(length - 1 - split), cu(length - 1), 3, length - 1, None, table),
+        0.3,
+    )
+    last = backend.attention(
+        q[-1:], k[-1:], v[-1:], k_cache, v_cache,
+        AttentionMetadata(
+            False, slots[-1:], context_lens=torch.tensor([length], dtype=torch.int32), block_tables=table
+        ),
+        0.3,
+    )
+    torch.testing.assert_close(torch.cat([first, second, last]), expected, rtol=0, atol=1e-6)
