@@ -1,0 +1,149 @@
+"""Sampler: next tokens (and log-probabilities) from one step's logits.
+
+Per row, in order: min_tokens masking, repetition / presence / frequency penalties (here, in
+torch), then temperature, top-k, top-p, min-p and the draw (the backend's `sample`). Work that
+no row asks for is skipped, so an all-greedy batch costs one argmax.
+
+Seeds: a row's draw depends only on its logits, its parameters and a 64-bit seed. A seeded
+request's per-step seed is a hash of (its seed, tokens generated so far), so the same request
+samples the same tokens whatever else is in the batch; unseeded requests take fresh seeds from a
+process-level generator.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from fastllm.engine.sequence import Sequence
+from fastllm.model.backend import Backend
+
+_MASK64 = (1 << 64) - 1
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A well-mixed seed in [0, 2**63) for draw number `step` of a request seeded with `seed` (splitmix64)."""
+    z = (seed + (step + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    # Per row: {token id: log-probability} for the top-N tokens plus the sampled one; None for
+    # rows that did not ask for logprobs.
+    logprobs: list[dict[int, float] | None]
+
+
+class Sampler:
+    """Samples with `backend.sample`. Only ids below `num_text_tokens` (the tokenizer's vocabulary)
+    are ever drawn: a model whose embedding table is padded past it must not emit undecodable ids."""
+
+    def __init__(self, backend: Backend, eos_token_ids: Seq[int], num_text_tokens: int | None = None) -> None:
+        self.backend = backend
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.num_text_tokens = num_text_tokens
+        self._unseeded = random.Random()
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """Sample one token per row of `logits` (float32 [N, vocab]); row i belongs to seqs[i]."""
+        params = [seq.params for seq in seqs]
+        wants_logprobs = [p.logprobs is not None for p in params]
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(wants_logprobs) else None
+
+        if self.num_text_tokens is not None and self.num_text_tokens < logits.shape[1]:
+            logits = logits.clone()
+            logits[:, self.num_text_tokens :] = float("-inf")
+        logits = self._mask_early_stops(logits, seqs)
+        logits = self._apply_penalties(logits, seqs)
+        if all(p.temperature == 0 for p in params):
+            tokens = logits.argmax(dim=-1)
+        else:
+            tokens = self._draw(logits, seqs)
+        token_ids = tokens.tolist()
+
+        logprobs: list[dict[int, float] | None] = [None] * len(seqs)
+        if raw_logprobs is not None:
+            rows = [i for i, wanted in enumerate(wants_logprobs) if wanted]
+            top_n = max(params[i].logprobs for i in rows)
+            picked = raw_logprobs[rows]
+            sampled = picked.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
+            top = picked.topk(top_n, dim=-1)
+            top_values, top_ids = top.values.tolist(), top.indices.tolist()
+            for j, row in enumerate(rows):
+                n = params[row].logprobs
+                entry = dict(zip(top_ids[j][:n], top_values[j][:n]))
+                entry[token_ids[row]] = sampled[j]
+                logprobs[row] = entry
+        return SamplerOutput(token_ids, logprobs)
+
+    def _mask_early_stops(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Rows short of min_tokens cannot pick EOS (unless ignored) or one of their stop token ids."""
+        masks = []
+        for row, seq in enumerate(seqs):
+            p = seq.params
+            if seq.num_output_tokens < p.min_tokens:
+                banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_token_ids))
+                masks.extend((row, token) for token in banned if token < logits.shape[1])
+        if not masks:
+            return logits
+        rows, cols = zip(*masks)
+        logits = logits.clone()
+        logits[list(rows), list(cols)] = float("-inf")
+        return logits
+
+    def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        rows = [i for i, seq in enumerate(seqs) if seq.params.has_penalties]
+        if not rows:
+            return logits
+        vocab = logits.shape[1]
+        device = logits.device
+        picked = [seqs[i] for i in rows]
+        out = logits.clone()
+        sub = out[rows]
+
+        # Counts of each token in the output (for presence/frequency) and in prompt + output
+        # (for repetition), built by one scatter over padded token lists; `vocab` is the pad id.
+        def counts(token_lists: list[list[int]]) -> torch.Tensor:
+            width = max(1, max(len(t) for t in token_lists))
+            padded = torch.full((len(token_lists), width), vocab, dtype=torch.int64)
+            for r, tokens in enumerate(token_lists):
+                padded[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+            result = torch.zeros(len(token_lists), vocab + 1, dtype=torch.float32)
+            result.scatter_add_(1, padded, torch.ones_like(padded, dtype=torch.float32))
+            return result[:, :vocab].to(device)
+
+        repetition = torch.tensor([s.params.repetition_penalty for s in picked], device=device).unsqueeze(1)
+        if bool((repetition != 1).any()):
+            seen = counts([s.token_ids for s in picked]) > 0
+            penalized = torch.where(sub > 0, sub / repetition, sub * repetition)
+            sub = torch.where(seen, penalized, sub)
+        presence = torch.tensor([s.params.presence_penalty for s in picked], device=device).unsqueeze(1)
+        frequency = torch.tensor([s.params.frequency_penalty for s in picked], device=device).unsqueeze(1)
+        if bool((presence != 0).any() or (frequency != 0).any()):
+            output_counts = counts([s.output_token_ids for s in picked])
+            sub = sub - presence * (output_counts > 0) - frequency * output_counts
+        out[rows] = sub
+        return out
+
+    def _draw(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        device = logits.device
+        params = [seq.params for seq in seqs]
+        seeds = [
+            step_seed(p.seed, seq.num_output_tokens) if p.seed is not None else self._unseeded.getrandbits(63)
+            for p, seq in zip(params, seqs)
+        ]
+        return self.backend.sample(
+            logits,
+            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+            torch.tensor([p.top_k for p in params], dtype=torch.int32, device=device),
+            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+            torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
+            torch.tensor(seeds, dtype=torch.int64, device=device),
+        )
