@@ -72,8 +72,7 @@ def encoders() -> dict[str, Encoder]:
     }
 
 
-def _run(library: str, mode: str) -> Callable[[], object]:
-    docs, _ = corpus()
+def _run(library: str, mode: str, docs: list[str]) -> Callable[[], object]:
     encoder = encoders()[library]
     if mode == "single":
         return lambda: [encoder.single(d) for d in docs]
@@ -86,15 +85,17 @@ def test_encode_throughput(benchmark, library: str, mode: str) -> None:
     _, megabytes = corpus()
     benchmark.group = f"tokenizer encode ({mode})"
     benchmark.extra_info["corpus_megabytes"] = round(megabytes, 3)
-    benchmark.pedantic(_run(library, mode), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(_run(library, mode, corpus()[0]), rounds=3, warmup_rounds=1)
     benchmark.extra_info["megabytes_per_second"] = round(megabytes / benchmark.stats.stats.min, 2)
 
 
-def side_by_side(rounds: int = 5) -> dict[tuple[str, str], float]:
-    """MB/s (best of `rounds`, the libraries interleaved so that load drifts hit all alike)."""
-    _, megabytes = corpus()
+def side_by_side(rounds: int = 5, docs: list[str] | None = None) -> dict[tuple[str, str], float]:
+    """MB/s on `docs` (default: the corpus), best of `rounds` with the libraries interleaved so
+    that load drifts hit all alike."""
+    docs = corpus()[0] if docs is None else docs
+    megabytes = sum(len(d.encode()) for d in docs) / 1e6
     best: dict[tuple[str, str], float] = {}
-    runs = {(library, mode): _run(library, mode) for mode in ("single", "batch") for library in LIBRARIES}
+    runs = {(library, mode): _run(library, mode, docs) for mode in ("single", "batch") for library in LIBRARIES}
     for run in runs.values():
         run()  # warm up
     for _ in range(rounds):

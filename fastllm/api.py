@@ -12,9 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from fastllm.engine.chat_template import render_chat_template
+from fastllm.engine.ids_tokenizer import TokenIdsTokenizer
 from fastllm.engine.llm_engine import EngineConfig, LLMEngine
 from fastllm.engine.sampling_params import SamplingParams
 from fastllm.engine.sequence import RequestMetrics, Sequence
+from fastllm.model.llama import LlamaForCausalLM
 
 if TYPE_CHECKING:
     from fastllm.tokenizer import Tokenizer
@@ -70,7 +72,12 @@ class LLM:
             chunks); None = 4096.
         max_model_len: longest prompt + generation; None = the model's context length.
         enable_prefix_caching: reuse the KV cache of prompt prefixes seen before.
-        gpu_memory_utilization: fraction of free GPU memory the KV cache may take.
+        gpu_memory_utilization: fraction of free GPU memory the KV cache may take, together with
+            what the model steps need besides it (activations, CUDA graphs), measured at start-up.
+        enforce_eager: never replay CUDA graphs. By default, on CUDA with the triton backend,
+            decode steps replay graphs captured at start-up for batch sizes 1, 2, 4, 8, 16, ...
+            up to max_num_seqs (no Python or kernel-launch overhead per step; their memory is
+            held back from the KV pool).
     """
 
     def __init__(
@@ -87,14 +94,32 @@ class LLM:
         max_model_len: int | None = None,
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
     ) -> None:
         config = EngineConfig(
             model=model, device=device, dtype=dtype, backend=backend, block_size=block_size,
             num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-            gpu_memory_utilization=gpu_memory_utilization,
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
         )
         self.engine = LLMEngine.from_config(config)
+
+    @classmethod
+    def from_model(cls, model: LlamaForCausalLM, tokenizer: Tokenizer | None = None, **engine_options: Any) -> LLM:
+        """An LLM over a model already built in memory (e.g. random weights for benchmarking).
+
+        The model's device, dtype and backend are used as they are; `engine_options` are the
+        engine settings of `LLM()` (block_size, num_kv_blocks, max_num_seqs, ..., enforce_eager).
+        Without a tokenizer, prompts must be token ids and outputs have empty text.
+        """
+        if not isinstance(model, LlamaForCausalLM):
+            raise TypeError(f"model must be a fastllm LlamaForCausalLM, got {type(model).__name__}")
+        unknown = engine_options.keys() & {"model", "device", "dtype", "backend"}
+        if unknown:
+            raise TypeError(f"from_model takes the model's own {', '.join(sorted(unknown))}; do not pass them")
+        llm = cls.__new__(cls)
+        llm.engine = LLMEngine(model.eval(), tokenizer or TokenIdsTokenizer(model.config), EngineConfig(**engine_options))
+        return llm
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from fastllm.engine.block_manager import BlockManager
+from fastllm.engine.cuda_graphs import graph_blocks_per_seq, supports_cuda_graphs
 from fastllm.engine.detokenizer import IncrementalDetokenizer
+from fastllm.engine.memory import step_memory_reserve
 from fastllm.engine.model_runner import ModelRunner, kv_cache_bytes_per_block
 from fastllm.engine.sampler import Sampler
 from fastllm.engine.sampling_params import SamplingParams
@@ -66,6 +69,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("block_size", self.block_size)
@@ -75,8 +79,9 @@ class EngineConfig:
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("max_num_batched_tokens", self.max_num_batched_tokens, optional=True)
         _positive_int("max_model_len", self.max_model_len, optional=True)
-        if not isinstance(self.enable_prefix_caching, bool):
-            raise ValueError(f"enable_prefix_caching must be a bool, got {self.enable_prefix_caching!r}")
+        for name in ("enable_prefix_caching", "enforce_eager"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         u = self.gpu_memory_utilization
         if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 < u <= 1:
             raise ValueError(f"gpu_memory_utilization must be a float in (0, 1], got {u!r}")
@@ -114,21 +119,29 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return resolved
 
 
-def _num_kv_blocks(config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype, device: torch.device) -> int:
-    """The pool size: `num_kv_blocks` if given, else a memory budget divided by the bytes per block."""
+def _num_kv_blocks(
+    config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype, device: torch.device, reserve: Callable[[], int]
+) -> int:
+    """The pool size: `num_kv_blocks` if given, else a memory budget divided by the bytes per block.
+
+    On CUDA the budget is `gpu_memory_utilization` of the free memory less `reserve()`: what the
+    steps themselves need (activations, CUDA graphs), measured only when the pool is sized here.
+    """
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     per_block = kv_cache_bytes_per_block(model_config, config.block_size, dtype)
     if device.type == "cuda":
+        reserved = reserve()
+        torch.cuda.empty_cache()  # the measuring steps' cached blocks count as free below
         free, _total = torch.cuda.mem_get_info(device)
-        budget = int(free * config.gpu_memory_utilization)
+        budget = int(free * config.gpu_memory_utilization) - reserved
     else:
         budget = CPU_KV_CACHE_BYTES
     num_blocks = budget // per_block
     if num_blocks < 1:
         raise ValueError(
-            f"no room for the KV cache: {budget} bytes available, one block of {config.block_size} tokens needs "
-            f"{per_block}; free memory, raise gpu_memory_utilization or pass num_kv_blocks"
+            f"no room for the KV cache: {max(budget, 0)} bytes available, one block of {config.block_size} tokens "
+            f"needs {per_block}; free memory, raise gpu_memory_utilization or pass num_kv_blocks"
         )
     return num_blocks
 
@@ -177,8 +190,19 @@ class LLMEngine:
             )
         self.max_model_len = config.max_model_len or max_positions
         self.block_size = config.block_size
-        self.num_kv_blocks = _num_kv_blocks(config, self.model_config, model.dtype, model.device)
         max_batched = config.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        max_decode_batch = min(config.max_num_seqs, max_batched)  # the scheduler's cap on running sequences
+        self.uses_cuda_graphs = supports_cuda_graphs(model) and not config.enforce_eager
+        graph_batch = max_decode_batch if self.uses_cuda_graphs else None
+
+        def reserve() -> int:
+            return step_memory_reserve(
+                model, block_size=config.block_size, max_prefill_tokens=max_batched, max_model_len=self.max_model_len,
+                max_sampled_rows=max_decode_batch, graph_batch_size=graph_batch,
+                graph_blocks_per_seq=graph_blocks_per_seq(self.max_model_len, config.block_size),
+            )
+
+        self.num_kv_blocks = _num_kv_blocks(config, self.model_config, model.dtype, model.device, reserve)
         self.block_manager = BlockManager(
             self.num_kv_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
         )
@@ -186,7 +210,10 @@ class LLMEngine:
             self.block_manager, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=max_batched
         )
         self.sampler = Sampler(model.backend, self.eos_token_ids, num_text_tokens=tokenizer.vocab_size)
-        self.runner = ModelRunner(model, self.sampler, num_blocks=self.num_kv_blocks, block_size=config.block_size)
+        self.runner = ModelRunner(
+            model, self.sampler, num_blocks=self.num_kv_blocks, block_size=config.block_size,
+            cuda_graph_max_batch=graph_batch, max_model_len=self.max_model_len,
+        )
         self._detokenizers: dict[int, IncrementalDetokenizer] = {}
         self._next_seq_id = 0
 

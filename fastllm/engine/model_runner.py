@@ -1,14 +1,17 @@
 """ModelRunner: owns the KV cache and turns a ScheduledBatch into one forward pass and a sample.
 
 Step inputs are flat tensors (input_ids, positions, slot_mapping, cu_seqlens / context_lens,
-block_tables), built from Python lists with one host-to-device copy each, so the same shapes
-could later be captured in CUDA graphs. Logits are computed only for the rows that sample.
+block_tables), built from Python lists with one asynchronous host-to-device copy each. With
+`cuda_graph_max_batch`, decode steps replay CUDA graphs over static input buffers instead
+(fastllm/engine/cuda_graphs.py); prefills, and decode batches a graph cannot hold, run eagerly.
+Logits are computed only for the rows that sample.
 """
 
 from __future__ import annotations
 
 import torch
 
+from fastllm.engine.cuda_graphs import DecodeGraphs, graph_blocks_per_seq
 from fastllm.engine.sampler import Sampler, SamplerOutput
 from fastllm.engine.scheduler import ScheduledBatch
 from fastllm.model.backend import AttentionMetadata
@@ -36,6 +39,13 @@ def slots_of(block_table: list[int], start: int, end: int, block_size: int) -> l
 
 
 class ModelRunner:
+    """Owns the KV cache; runs one scheduled step (forward, logits, sample).
+
+    cuda_graph_max_batch: capture decode CUDA graphs for batches of up to this many sequences
+    (the model must be on CUDA with a graph-safe backend: see `supports_cuda_graphs`);
+    max_model_len bounds the graphs' block tables. None = every step runs eagerly.
+    """
+
     def __init__(
         self,
         model: LlamaForCausalLM,
@@ -43,6 +53,8 @@ class ModelRunner:
         *,
         num_blocks: int,
         block_size: int,
+        cuda_graph_max_batch: int | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         config = model.config
         self.model = model
@@ -55,6 +67,14 @@ class ModelRunner:
             config.num_hidden_layers, 2, num_blocks, block_size, config.num_key_value_heads, config.head_dim,
             dtype=model.dtype, device=self.device,
         )
+        self.decode_graphs: DecodeGraphs | None = None
+        if cuda_graph_max_batch is not None:
+            width = graph_blocks_per_seq(max_model_len or config.max_position_embeddings, block_size, num_blocks)
+            self.decode_graphs = DecodeGraphs(
+                model, self.kv_cache, max_batch_size=cuda_graph_max_batch, max_blocks_per_seq=width,
+                block_size=block_size,
+            )
+            self.decode_graphs.capture()
 
     def _tensor(self, data: list[int] | list[list[int]], dtype: torch.dtype) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -112,12 +132,17 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> SamplerOutput:
         """Run one step; returns the sampled tokens of the sequences whose last token it computed, in batch order."""
+        sample_rows = None
         if batch.is_prefill:
             input_ids, positions, meta, sample_rows = self._prepare_prefill(batch)
+            hidden = self.model(input_ids, positions, meta, self.kv_cache)
         else:
-            input_ids, positions, meta = self._prepare_decode(batch)
-            sample_rows = None
-        hidden = self.model(input_ids, positions, meta, self.kv_cache)
+            seqs, graphs = batch.seqs, self.decode_graphs
+            tables = [seq.block_table for seq in seqs]
+            if graphs is not None and graphs.fits(tables):
+                hidden = graphs.run([seq.token_ids[-1] for seq in seqs], [seq.num_tokens - 1 for seq in seqs], tables)
+            else:
+                hidden = self.model(*self._prepare_decode(batch), self.kv_cache)
         sampling = batch.sampled_seqs
         if not sampling:
             return SamplerOutput([], [])

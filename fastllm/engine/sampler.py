@@ -141,9 +141,15 @@ class Sampler:
         ]
         return self.backend.sample(
             logits,
-            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
-            torch.tensor([p.top_k for p in params], dtype=torch.int32, device=device),
-            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-            torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device),
-            torch.tensor(seeds, dtype=torch.int64, device=device),
+            _on_device([p.temperature for p in params], torch.float32, device),
+            _on_device([p.top_k for p in params], torch.int32, device),
+            _on_device([p.top_p for p in params], torch.float32, device),
+            _on_device([p.min_p for p in params], torch.float32, device),
+            _on_device(seeds, torch.int64, device),
         )
+
+
+def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values as a tensor on `device`, uploaded without waiting for the GPU to go idle
+    (`torch.tensor(..., device="cuda")` would sync the stream: the step's one sync is the draw's)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

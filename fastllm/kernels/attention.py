@@ -28,8 +28,9 @@ from fastllm.kernels._runtime import (
 )
 
 
-# kv_capacity is the packed key count without a block table: it changes every step.
-@triton.jit(do_not_specialize=["kv_capacity"])
+# kv_capacity (the packed key count without a block table) and the block table's row stride
+# (its width) change from step to step: specializing on them would recompile mid-run.
+@triton.jit(do_not_specialize=["kv_capacity", "stride_block_table"])
 def _varlen_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, block_table_ptr,
     scale_log2, kv_capacity,

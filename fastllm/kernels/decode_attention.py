@@ -32,7 +32,9 @@ from fastllm.kernels._runtime import (
 _MAX_SPLITS = 64
 
 
-@triton.jit(do_not_specialize=["tokens_per_split", "kv_capacity"])
+# These follow the block table's width, which changes from step to step (eager decode):
+# specializing on them would recompile mid-run.
+@triton.jit(do_not_specialize=["tokens_per_split", "kv_capacity", "stride_block_table"])
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, block_table_ptr,
     out_ptr, partial_out_ptr, partial_lse_ptr,

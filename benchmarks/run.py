@@ -1,0 +1,287 @@
+"""`make bench`: every benchmark suite on whatever device is here; one results file, plots, a table.
+
+    python -m benchmarks.run [--suites kernels e2e tokenizer] [--out-dir DIR] [--readme FILE]
+
+Suites (all by default):
+  kernels    bench_kernels (each Triton kernel checked against float64, timed beside its baseline
+             and against the measured copy bandwidth / matmul throughput) and kernel_sweeps
+             (speed against size, for the plot)
+  e2e        bench_e2e: the 256-request workload on two model shapes, fastllm's two backends
+             beside HF transformers, throughput against batch size, batch-1 decode against its floor
+  tokenizer  bench_tokenizer: fastllm vs tiktoken vs HF tokenizers, MB/s
+On CUDA the GPU correctness checks (gpu_correctness) run too. Without a GPU everything runs at
+tiny sizes (kernels in the Triton interpreter), so that the whole pipeline is exercised; those
+timings are labelled meaningless and no hardware floors are reported.
+
+Writes <out-dir>/<date>-<device>.json (with a `summary` keyed prefill_attention,
+paged_decode_attention, softmax, sampling and generate: fastllm's figure, the baseline's, their
+ratio and the fraction of the hardware floor), <date>-<device>-kernels.png and
+<date>-<device>-throughput.png, and rewrites the results table in benchmarks/README.md.
+Exits non-zero when a correctness check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+# First: without a GPU it turns the Triton interpreter on before anything imports fastllm.kernels.
+from benchmarks import bench_kernels  # isort: skip
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from benchmarks import bench_e2e, kernel_sweeps, plots  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SUITES = ("kernels", "e2e", "tokenizer")
+TABLE_START = "<!-- benchmarks.run table: start (generated, do not edit) -->"
+TABLE_END = "<!-- benchmarks.run table: end -->"
+# Summary key -> the bench_kernels case that stands for it.
+KERNEL_CASES = {
+    "prefill_attention": "prefill_attention_causal_8k_h128_gqa4",
+    "paged_decode_attention": "paged_decode_b64_ctx4k_gqa8",
+    "softmax": "softmax",
+    "sampling": "sample_top_k_top_p_b128_v128k",
+}
+GENERATE_SHAPE = "llama-3.2-1b"
+SPEEDUP = "baseline time / fastllm time (> 1: fastllm is faster)"
+CPU_NO_FLOOR = "no GPU: tiny shapes on the CPU (kernels in the Triton interpreter) say nothing about hardware limits"
+
+
+# -- suites ------------------------------------------------------------------------------------
+
+
+def run_kernels(ceilings: dict[str, Any]) -> dict[str, Any]:
+    results = []
+    for case in bench_kernels.CASES:
+        for dtype in case.dtypes:
+            results.append(bench_kernels.run_case(case, dtype, ceilings))
+            print(bench_kernels._format(results[-1]), flush=True)
+    return {"results": results, "sweeps": kernel_sweeps.run_all()}
+
+
+def run_tokenizer(megabytes: float, rounds: int) -> dict[str, Any]:
+    from benchmarks import bench_tokenizer
+    from benchmarks.tokenizer_corpus import build_corpus
+
+    docs = build_corpus(megabytes)
+    best = bench_tokenizer.side_by_side(rounds, docs)
+    libraries = bench_tokenizer.LIBRARIES
+    return {
+        "corpus_megabytes": sum(len(d.encode()) for d in docs) / 1e6,
+        "documents": len(docs),
+        "rounds": rounds,
+        "megabytes_per_s": {lib: {mode: best[(lib, mode)] for mode in ("single", "batch")} for lib in libraries},
+        "fastllm_single_thread_speedup": {
+            lib: best[("fastllm", "single")] / best[(lib, "single")] for lib in libraries if lib != "fastllm"
+        },
+    }
+
+
+def run_correctness() -> dict[str, Any]:
+    if not bench_kernels.ON_GPU:
+        return {"skipped": "no CUDA GPU (on the CPU, tests/test_triton_backend.py holds the interpreted triton "
+                           "backend to the torch backend)", "passed": True}
+    from benchmarks import gpu_correctness
+
+    return gpu_correctness.run()
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+def _missing(reason: str) -> dict[str, Any]:
+    return {"fastllm": None, "baseline": None, "ratio": None, "fraction_of_floor": None, "reason": reason}
+
+
+def _kernel_summary(kernels: dict[str, Any] | None, case_name: str) -> dict[str, Any]:
+    if kernels is None:
+        return _missing("the kernels suite was not run")
+    rows = [r for r in kernels["results"] if r["kernel"] == case_name]
+    # The model's dtype on the GPU (bf16), the interpreter's only half type on the CPU.
+    row = next((r for r in rows if r["dtype"] == "bfloat16"), rows[0])
+    compute_bound = "fraction_of_matmul" in row
+    entry = {
+        "case": case_name,
+        "dtype": row["dtype"],
+        "unit": "ms",
+        "fastllm": row["triton_ms"],
+        "baseline": row["baseline_ms"],
+        "baseline_name": row["baseline"],
+        "ratio": row["speedup"],
+        "ratio_meaning": SPEEDUP,
+        "floor": "measured bf16 matmul throughput (TFLOP/s)" if compute_bound
+        else "measured device-to-device copy bandwidth (least bytes moved)",
+        "fraction_of_floor": row["fraction_of_matmul" if compute_bound else "fraction_of_copy_bandwidth"],
+    }
+    if not bench_kernels.ON_GPU:
+        entry.update(fraction_of_floor=None, reason=CPU_NO_FLOOR)
+    return entry
+
+
+def _generate_summary(e2e: dict[str, Any] | None) -> dict[str, Any]:
+    if e2e is None:
+        return _missing("the e2e suite was not run")
+    name = GENERATE_SHAPE if GENERATE_SHAPE in e2e["shapes"] else next(iter(e2e["shapes"]))
+    shape = e2e["shapes"][name]
+    engines = shape["engines"]
+    engine = next((e for e in ("fastllm-triton", "fastllm-torch") if "workload" in engines[e]), None)
+    if engine is None or "workload" not in engines["hf"]:
+        return _missing(f"an engine did not run on {name}: " + "; ".join(
+            f"{e}: {r['skipped']}" for e, r in engines.items() if "skipped" in r))
+    fastllm, baseline = engines[engine]["workload"], engines["hf"]["workload"]
+    floor = shape["batch1_floor"]
+    entry = {
+        "shape": shape["config"]["name"],
+        "engine": engine,
+        "workload": f"{e2e['workload']['num_requests']} requests, prompt/output lengths "
+                    f"{e2e['workload']['min_len']}..{e2e['workload']['max_len']}",
+        "unit": "output tokens/s",
+        "fastllm": fastllm["output_tokens_per_s"],
+        "baseline": baseline["output_tokens_per_s"],
+        "baseline_name": f"HF transformers generate, static batches of {e2e['hf_static_batch_size']}",
+        "ratio": fastllm["output_tokens_per_s"] / baseline["output_tokens_per_s"],
+        "ratio_meaning": "fastllm throughput / baseline throughput (> 1: fastllm is faster)",
+        "floor": "batch-1 decode step: (weight bytes + KV bytes per step) / measured copy bandwidth",
+        "fraction_of_floor": floor.get("fraction_of_floor"),
+    }
+    if entry["fraction_of_floor"] is None:
+        entry["reason"] = floor.get("skipped", "the triton engine did not run")
+    if e2e["scaled_down"]:
+        entry["note"] = e2e["note"]
+    return entry
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    summary = {key: _kernel_summary(report.get("kernels"), case) for key, case in KERNEL_CASES.items()}
+    summary["generate"] = _generate_summary(report.get("e2e"))
+    return summary
+
+
+# -- README table ------------------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def markdown_table(report: dict[str, Any], results_file: str) -> str:
+    lines = [f"Latest `python -m benchmarks.run`: {report['date'][:10]}, {report['device']} (`{results_file}`)."]
+    if not report["timings_meaningful"]:
+        lines.append("**No GPU: tiny shapes on the CPU, kernels in the Triton interpreter. These figures only show "
+                     "that the pipeline runs; they say nothing about speed.**")
+    lines += ["", "| benchmark | fastllm | baseline | ratio | fraction of floor |", "| --- | ---: | --- | ---: | ---: |"]
+    for key, entry in report["summary"].items():
+        if entry["fastllm"] is None:
+            lines.append(f"| {key} | — | — | — | — ({entry['reason']}) |")
+            continue
+        unit = entry["unit"]
+        what = f"{entry['case']}, {entry['dtype']}" if "case" in entry else f"{entry['shape']}, {entry['engine']}"
+        floor = _number(entry["fraction_of_floor"], 2) if entry["fraction_of_floor"] is not None else "—"
+        lines.append(
+            f"| {key} ({what}) | {_number(entry['fastllm'])} {unit} | {_number(entry['baseline'])} {unit} "
+            f"({entry['baseline_name']}) | {_number(entry['ratio'])}x | {floor} |"
+        )
+    lines.append("")
+    lines.append("Ratio: for kernels, baseline time / fastllm time; for generate, fastllm throughput / HF throughput. "
+                 "Fraction of floor: the hardware floor's time / fastllm's time (1 = at the floor).")
+    e2e = report.get("e2e")
+    if e2e is not None:
+        lines += ["", f"End to end ({e2e['note']}; {e2e['dtype']}):", "",
+                  "| shape | engine | output tok/s | total tok/s | TTFT mean (s) | TPOT mean (ms) | batch-1 step (ms) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for shape in e2e["shapes"].values():
+            for engine, result in shape["engines"].items():
+                if "skipped" in result:
+                    lines.append(f"| {shape['config']['name']} | {engine} | skipped: {result['skipped']} | | | | |")
+                    continue
+                w = result["workload"]
+                lines.append(
+                    f"| {shape['config']['name']} | {engine} | {w['output_tokens_per_s']:.1f} | "
+                    f"{w['total_tokens_per_s']:.1f} | {w['ttft_s']['mean']:.3f} | {1e3 * w['tpot_s']['mean']:.2f} | "
+                    f"{1e3 * result['batch1_decode_step_s']:.2f} |"
+                )
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the generated table between the markers (appending a section with them if absent)."""
+    text = readme.read_text() if readme.exists() else ""
+    block = f"{TABLE_START}\n{table}\n{TABLE_END}"
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## Latest results\n\n{block}\n"
+    readme.write_text(text)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suites", nargs="+", choices=SUITES, default=list(SUITES), help="suites to run (default all)")
+    parser.add_argument("--out-dir", type=Path, default=HERE / "results", help="where the JSON and PNGs go")
+    parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README whose results table to rewrite")
+    parser.add_argument("--tokenizer-megabytes", type=float, default=4.0, help="tokenizer corpus size (default 4 MB)")
+    parser.add_argument("--tokenizer-rounds", type=int, default=5, help="tokenizer timing rounds (default 5)")
+    args = parser.parse_args(argv)
+    if args.tokenizer_megabytes <= 0 or args.tokenizer_rounds < 1:
+        parser.error("--tokenizer-megabytes must be > 0 and --tokenizer-rounds >= 1")
+
+    torch.manual_seed(0)
+    on_gpu = bench_kernels.ON_GPU
+    now = datetime.datetime.now(datetime.timezone.utc)
+    device = bench_kernels._device_name()
+    print(f"{device}: {'full sizes' if on_gpu else 'NO GPU, tiny sizes: timings are meaningless'}", flush=True)
+    ceilings = bench_kernels.measure_ceilings()
+    report: dict[str, Any] = {
+        "date": now.isoformat(timespec="seconds"),
+        "device": device,
+        "timings_meaningful": on_gpu,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+                     "cuda": torch.version.cuda},
+        "ceilings": ceilings,
+    }
+    if "kernels" in args.suites:
+        report["kernels"] = run_kernels(ceilings)
+    if "e2e" in args.suites:
+        report["e2e"] = bench_e2e.run(ceilings["copy_tb_per_s"] * 1e12 if on_gpu else None)
+    if "tokenizer" in args.suites:
+        report["tokenizer"] = run_tokenizer(args.tokenizer_megabytes, args.tokenizer_rounds)
+    report["correctness"] = run_correctness()
+    report["summary"] = summarize(report)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{now:%Y-%m-%d}-{bench_kernels._slug(device)}"
+    title = f"{device}{'' if on_gpu else ' (no GPU: tiny shapes, meaningless timings)'}"
+    report["plots"] = []
+    if "kernels" in report:
+        path = args.out_dir / f"{stem}-kernels.png"
+        plots.kernel_sweeps(report["kernels"]["sweeps"], ceilings if on_gpu else None, title, path)
+        report["plots"].append(path.name)
+    if "e2e" in report:
+        path = args.out_dir / f"{stem}-throughput.png"
+        plots.throughput_by_batch_size(report["e2e"], title, path)
+        report["plots"].append(path.name)
+    results_file = args.out_dir / f"{stem}.json"
+    results_file.write_text(json.dumps(report, indent=2) + "\n")
+    update_readme(args.readme, markdown_table(report, results_file.name))
+    print(f"wrote {results_file} and {', '.join(report['plots']) or 'no plots'}; table in {args.readme}")
+    return report
+
+
+def passed(report: dict[str, Any]) -> bool:
+    kernel_checks = all(r["check"]["passed"] for r in report.get("kernels", {}).get("results", []))
+    return kernel_checks and report["correctness"]["passed"]
+
+
+if __name__ == "__main__":
+    sys.exit(0 if passed(main()) else 1)
