@@ -13,8 +13,9 @@ from fastllm.model import AttentionMetadata, LlamaForCausalLM, get_backend
 from fastllm.model.config import ModelConfig
 from llama_testing import hf_greedy, paged_logits
 
-# Worst |logit difference| seen against HF on CPU float32 is ~5e-5 (matmuls over a different
-# number of rows round differently); a real bug moves logits by orders of magnitude more.
+# Worst |logit difference| seen against HF on CPU float32 is ~2e-4 on logits of magnitude ~20
+# (fastllm's oneDNN matmuls and HF's MKL ones sum in different orders); a real bug moves logits
+# by orders of magnitude more.
 LOGIT_ATOL = 1e-3
 
 
@@ -55,12 +56,14 @@ def test_default_config(default_checkpoint):
     assert "<|im_start|>" in config.extra["chat_template"]
 
 
-def test_single_prompt_is_bit_identical_to_hf(default_model, hf_default_model):
-    # Alone, every matmul has the same row count as HF's, so float32 results agree exactly.
+def test_single_prompt_matches_hf(default_model, hf_default_model):
+    # On CPU float32 fastllm's matmuls run in oneDNN (prepacked weights), HF's in MKL: the same
+    # products summed in another order, so logits agree to float32 rounding, not bit for bit.
     [prompt] = random_prompts([23], default_model.config.vocab_size)
     expected, fed = hf_greedy(hf_default_model, prompt, steps=3)
     [got] = paged_logits(default_model, [prompt], [fed], block_size=16)
-    assert torch.equal(got, expected), f"max |diff| {(got - expected).abs().max().item():.3g}"
+    torch.testing.assert_close(got, expected, rtol=0, atol=LOGIT_ATOL)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
 def test_packed_prefill_and_batched_decode_match_hf(default_model, hf_default_model):
