@@ -18,7 +18,9 @@ The two libraries alternate round by round so that load drifts on a shared machi
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -143,7 +145,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     fastllm_llm(), hf_model()  # load both before timing anything
     results = side_by_side(args.rounds, args.scenarios)
-    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32"}
+    import transformers
+
+    environment = {
+        "date": datetime.date.today().isoformat(),
+        "device": f"cpu ({platform.processor() or platform.machine()})",
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     print(f"generate, CPU float32, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
     print(f"{'scenario':10s} {'fastllm tok/s':>14s} {'HF tok/s':>10s} {'speedup':>8s} {'same greedy':>12s}")
     for name, r in results.items():
