@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from fastllm.model import AttentionMetadata, LlamaForCausalLM
+from fastllm.model.config import ModelConfig
+from fastllm.model.weights import llama_weight_shapes
 
 
 def save_tiny_llama(folder: Path, *, seed: int = 0, max_shard_size: str | None = None, **overrides) -> torch.nn.Module:
@@ -98,3 +100,18 @@ def paged_logits(
         current += 1
     stacked = torch.stack(rows, dim=1)  # [B, 1 + steps, vocab]
     return list(stacked.unbind(0))
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """A 2-layer GQA config small enough for any test (6 query heads over 2 KV heads)."""
+    settings = dict(
+        vocab_size=50, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=4, max_position_embeddings=64,
+    )
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def random_weights(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """Random checkpoint tensors of every shape the model expects."""
+    return {name: torch.randn(shape) * 0.2 for name, shape in llama_weight_shapes(model.config).items()}

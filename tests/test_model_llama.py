@@ -10,8 +10,7 @@ import torch
 from fastllm.loader import load_checkpoint
 from fastllm.loader.default_model import default_model_path
 from fastllm.model import AttentionMetadata, LlamaForCausalLM, get_backend
-from fastllm.model.config import ModelConfig
-from llama_testing import hf_greedy, paged_logits
+from llama_testing import hf_greedy, paged_logits, random_weights, tiny_config
 
 # Worst |logit difference| seen against HF on CPU float32 is ~2e-4 on logits of magnitude ~20
 # (fastllm's oneDNN matmuls and HF's MKL ones sum in different orders); a real bug moves logits
@@ -120,21 +119,6 @@ def test_compute_logits_is_float32_for_the_given_rows(default_model):
     hidden = torch.randn(3, default_model.config.hidden_size)
     logits = default_model.compute_logits(hidden)
     assert logits.shape == (3, default_model.config.vocab_size) and logits.dtype == torch.float32
-
-
-def tiny_config(**overrides) -> ModelConfig:
-    settings = dict(
-        vocab_size=50, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=6,
-        num_key_value_heads=2, head_dim=4, max_position_embeddings=64,
-    )
-    settings.update(overrides)
-    return ModelConfig(**settings)
-
-
-def random_weights(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
-    from fastllm.model.weights import llama_weight_shapes
-
-    return {name: torch.randn(shape) * 0.2 for name, shape in llama_weight_shapes(model.config).items()}
 
 
 def test_load_weights_rejects_missing_unexpected_and_misshapen_tensors():
