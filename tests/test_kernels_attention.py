@@ -129,6 +129,24 @@ class TestInputChecks:
         with pytest.raises(ValueError, match="cu_seqlens_q must have dtype in"):
             kernels.varlen_attention(self.q, self.kv, self.kv, self.cu.long(), self.cu)
 
+    def test_strided_index_tensors(self) -> None:
+        """The kernels read cu_seqlens, cache_seqlens and block-table rows with unit stride."""
+        strided_cu = torch.tensor([0, 9, 2, 9, 5, 9], dtype=torch.int32)[::2]
+        with pytest.raises(ValueError, match="cu_seqlens_q must be contiguous"):
+            kernels.varlen_attention(self.q, self.kv, self.kv, strided_cu, self.cu)
+        with pytest.raises(ValueError, match="cu_seqlens_k must be contiguous"):
+            kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, strided_cu)
+        cache = torch.randn(4, 16, 2, 16)
+        table = torch.zeros(2, 4, dtype=torch.int32)
+        with pytest.raises(ValueError, match="block_table must be contiguous in its last dimension"):
+            kernels.varlen_attention(self.q, cache, cache, self.cu, self.cu, block_table=table[:, ::2])
+        q = torch.randn(2, 4, 16)
+        seqlens = torch.ones(4, dtype=torch.int32)
+        with pytest.raises(ValueError, match="cache_seqlens must be contiguous"):
+            kernels.paged_decode_attention(q, cache, cache, seqlens[::2], table)
+        with pytest.raises(ValueError, match="block_table must be contiguous in its last dimension"):
+            kernels.paged_decode_attention(q, cache, cache, seqlens[:2], table[:, ::2])
+
     def test_hints_and_scale(self) -> None:
         with pytest.raises(ValueError, match="max_seqlen_q must be a non-negative int or None, got -1"):
             kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, self.cu, max_seqlen_q=-1)

@@ -46,6 +46,16 @@ def test_softmax_extreme_values() -> None:
     assert out[0, 5] == 0 and torch.all(out[1, 450:] == 0)
 
 
+@pytest.mark.parametrize(("shape", "dim"), [((3, 700), -1), ((2, 700, 3), 1)])
+def test_softmax_row_starting_with_a_masked_tile(shape: tuple[int, ...], dim: int) -> None:
+    """A row whose first tile is all -inf (the online pass starts from max -inf) is not NaN."""
+    x = _randn(*shape, dtype=torch.float32, seed=17, scale=4.0)
+    x[0, :300] = float("-inf")  # more than one interpreter tile (256 columns)
+    out = kernels.softmax(x, dim)
+    assert not out.isnan().any()
+    assert_close(out, reference.softmax(x.double(), dim), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5, 96), (2, 3, 257)])
 def test_rms_norm(shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -63,6 +73,17 @@ def test_fused_add_rms_norm(dtype: torch.dtype) -> None:
     ref_normed, ref_summed = reference.fused_add_rms_norm(x.double(), residual.double(), weight.double(), 1e-6)
     assert_close(summed, ref_summed, dtype)
     assert_close(normed, ref_normed, dtype)
+
+
+def test_fused_add_rms_norm_transposed_input() -> None:
+    """x dense but not row-major: the summed output must still have x's values, not its strides' order."""
+    x = _randn(8, 6, dtype=torch.float32, seed=18).t()  # shape (6, 8), strides (1, 6)
+    residual = _randn(6, 8, dtype=torch.float32, seed=19)
+    weight = _randn(8, dtype=torch.float32, seed=20)
+    normed, summed = kernels.fused_add_rms_norm(x, residual, weight, 1e-5)
+    ref_normed, ref_summed = reference.fused_add_rms_norm(x.double(), residual.double(), weight.double(), 1e-5)
+    assert_close(summed, ref_summed, torch.float32)
+    assert_close(normed, ref_normed, torch.float32)
 
 
 def test_rms_norm_strided_rows_and_float32_weight() -> None:
@@ -158,6 +179,8 @@ class TestInputChecks:
             kernels.rotary_embedding(q, k, torch.arange(4), torch.ones(10, 3), torch.ones(10, 3))
         with pytest.raises(ValueError, match="positions must have dtype in"):
             kernels.rotary_embedding(q, k, torch.arange(4.0), cos, cos)
+        with pytest.raises(ValueError, match="positions must be contiguous"):
+            kernels.rotary_embedding(q, k, torch.arange(8)[::2], cos, cos)
 
     def test_silu_and_mul_odd_width(self) -> None:
         with pytest.raises(ValueError, match="last dimension must be even"):
@@ -175,3 +198,5 @@ class TestInputChecks:
         with pytest.raises(ValueError, match="contiguous in its last dimension"):
             strided = torch.randn(2, 1, 32)[:, :, ::2]
             kernels.store_kv_cache(strided, strided, cache, cache, torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match="slot_mapping must be contiguous"):
+            kernels.store_kv_cache(k, k, cache, cache, torch.tensor([0, 5, 1, 5])[::2])

@@ -89,6 +89,21 @@ def test_draws_follow_the_filtered_distribution(name: str) -> None:
     assert _chi_square_p_value(counts, probs) > 1e-4
 
 
+@pytest.mark.parametrize("name", ["temperature", "all"])
+def test_draws_when_the_first_tile_is_masked(name: str) -> None:
+    """A row whose first tile (128 tokens in the interpreter) is all -inf, as banned tokens leave it."""
+    draws, vocab = 160, 150
+    row = _logits(1, vocab, seed=8)
+    row[0, :130] = float("-inf")
+    params = _params(draws, *FILTERS[name])
+    seeds = torch.randint(-(2**63), 2**63 - 1, (draws,), generator=torch.Generator().manual_seed(9))
+    tokens = kernels.sample(row.expand(draws, vocab), *params, seeds)
+    probs = reference.filtered_probs(row.double(), *(p[:1] for p in params))[0]
+    assert probs[tokens].min() > 0, "drew a token outside the kept set"
+    counts = torch.bincount(tokens, minlength=vocab).double()
+    assert _chi_square_p_value(counts, probs) > 1e-4
+
+
 def test_a_rows_draw_depends_only_on_its_seed() -> None:
     vocab = 150
     logits = _logits(6, vocab, seed=6)

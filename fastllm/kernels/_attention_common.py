@@ -12,8 +12,8 @@ def kv_rows(block_table_row_ptr, seq_start, offs_n, valid, KV_BLOCK_SIZE: tl.con
 
     Paged: the block comes from the sequence's block-table row and the row is the offset inside
     the block. Contiguous: block 0 and the row is the token's index in the packed tensor (callers
-    pass a block stride of 0). Invalid tokens look up block-table entry 0 instead of reading
-    past the row.
+    pass a block stride of 0). Invalid tokens read nothing from the table (no read past the
+    row): they get block 0, and callers mask their key/value loads.
     """
     if PAGED:
         block = tl.load(block_table_row_ptr + offs_n // KV_BLOCK_SIZE, mask=valid, other=0).to(tl.int64)

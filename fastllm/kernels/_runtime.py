@@ -48,6 +48,14 @@ def check_launchable(*named: tuple[str, torch.Tensor]) -> None:
             )
 
 
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """View as [rows, last dim] with unit column stride, copying only if the layout demands it."""
+    rows = t.reshape(-1, t.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    return rows
+
+
 def next_power_of_2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from fastllm.kernels._checks import check_silu_and_mul
-from fastllm.kernels._runtime import INTERPRETER, check_launchable, next_power_of_2
+from fastllm.kernels._runtime import INTERPRETER, as_rows, check_launchable, next_power_of_2
 
 _MAX_BLOCK = 256 if INTERPRETER else 2048
 
@@ -32,9 +32,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((*x.shape[:-1], n_cols), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    rows = as_rows(x)
     block = min(next_power_of_2(n_cols), _MAX_BLOCK)
     num_warps = 1 if INTERPRETER else min(8, max(1, block // 256))
     grid = (rows.shape[0], triton.cdiv(n_cols, block))

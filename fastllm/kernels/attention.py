@@ -17,7 +17,12 @@ import triton
 import triton.language as tl
 
 from fastllm.kernels._attention_common import kv_rows, online_softmax_update
-from fastllm.kernels._checks import check_cu_seqlens, check_softmax_scale, check_varlen_attention
+from fastllm.kernels._checks import (
+    check_contiguous_last_dim,
+    check_cu_seqlens,
+    check_softmax_scale,
+    check_varlen_attention,
+)
 from fastllm.kernels._runtime import (
     DOT_PRECISION,
     INTERPRETER,
@@ -173,10 +178,13 @@ def varlen_attention(
     """
     check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
-    check_launchable(("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k))
     paged = block_table is not None
+    index_tensors = [("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)]
     if paged:
-        check_launchable(("block_table", block_table))
+        index_tensors.append(("block_table", block_table))
+    check_launchable(("q", q), ("k", k), ("v", v), *index_tensors)
+    for name, t in index_tensors:  # read with unit stride (a block table along its rows)
+        check_contiguous_last_dim(name, t)
     if max_seqlen_k is not None:
         _check_hint("max_seqlen_k", max_seqlen_k)
     kv_capacity = block_table.shape[1] * k.shape[1] if paged else k.shape[0]

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from fastllm.kernels._attention_common import kv_rows, online_softmax_update
-from fastllm.kernels._checks import check_paged_decode, check_softmax_scale
+from fastllm.kernels._checks import check_contiguous_last_dim, check_paged_decode, check_softmax_scale
 from fastllm.kernels._runtime import (
     DOT_PRECISION,
     INTERPRETER,
@@ -182,6 +182,8 @@ def _paged_decode(
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
     check_launchable(("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
                      ("cache_seqlens", cache_seqlens), ("block_table", block_table))
+    for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):  # read with unit stride
+        check_contiguous_last_dim(name, t)
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads, kv_block_size = k_cache.shape[2], k_cache.shape[1]
     if num_q_heads > MAX_GRID_YZ:

@@ -55,7 +55,7 @@ def store_kv_cache(
     """
     check_store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     check_launchable(("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache), ("slot_mapping", slot_mapping))
-    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+    for name, t in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache), ("slot_mapping", slot_mapping)):
         check_contiguous_last_dim(name, t)
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:

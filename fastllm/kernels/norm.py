@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from fastllm.kernels._checks import check_rms_norm, check_same_dtype
-from fastllm.kernels._runtime import INTERPRETER, check_launchable, next_power_of_2
+from fastllm.kernels._runtime import INTERPRETER, as_rows, check_launchable, next_power_of_2
 
 # A row is held in registers; wider rows than this are not a Llama hidden size.
 _MAX_HIDDEN = 65536
@@ -48,14 +48,6 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * n_cols + cols, (normed * weight).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """View as [rows, hidden] with unit column stride, copying only if the layout demands it."""
-    rows = t.reshape(-1, t.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    return rows
-
-
 def _launch(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +62,13 @@ def _launch(
     if hidden > _MAX_HIDDEN:
         raise ValueError(f"the last dimension of x must be at most {_MAX_HIDDEN}, got {hidden}")
 
-    x_rows = _as_rows(x)
+    x_rows = as_rows(x)
     out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
-    summed = torch.empty_like(x) if residual is not None else x
+    # Not empty_like: it keeps a permuted x's strides, and the kernel writes rows contiguously.
+    summed = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else x
     if x.numel() == 0:
         return out, summed
-    residual_rows = _as_rows(residual) if residual is not None else x_rows
+    residual_rows = as_rows(residual) if residual is not None else x_rows
     block = next_power_of_2(hidden)
     num_warps = 1 if INTERPRETER else min(16, max(1, block // 512))
     _rms_norm_kernel[(x_rows.shape[0],)](

@@ -178,7 +178,8 @@ def varlen_attention(
     q: [Tq, Hq, D]; k, v: [Tk, Hkv, D], or with `block_table` the paged caches
     [num_blocks, block_size, Hkv, D]; cu_seqlens_q/k: int32 [B + 1] cumulative lengths (with a
     block table, cu_seqlens_k holds each sequence's cached length, new tokens included).
-    `max_seqlen_q`/`max_seqlen_k` are hints the Triton kernel uses to size its grid without a sync.
+    `max_seqlen_q`/`max_seqlen_k` are ignored here: the Triton kernel sizes its grid with
+    `max_seqlen_q` without a sync (and only type-checks `max_seqlen_k`).
     """
     check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastllm.kernels._checks import check_rotary
+from fastllm.kernels._checks import check_contiguous_last_dim, check_rotary
 from fastllm.kernels._runtime import INTERPRETER, check_launchable, next_power_of_2
 
 
@@ -74,6 +74,7 @@ def rotary_embedding(
     """
     check_rotary(q, k, positions, cos_cache, sin_cache)
     check_launchable(("q", q), ("k", k), ("positions", positions), ("cos_cache", cos_cache), ("sin_cache", sin_cache))
+    check_contiguous_last_dim("positions", positions)
     head_dim = q.shape[-1]
     q_in = q if q.stride(-1) == 1 else q.contiguous()
     k_in = k if k.stride(-1) == 1 else k.contiguous()

@@ -140,7 +140,9 @@ def _sample_kernel(
         block_arg = start + tl.argmax(x, axis=0, tie_break_left=True)
         token = tl.where(block_max > row_max, block_arg, token)
         new_max = tl.maximum(row_max, block_max)
-        total = total * tl.exp2((row_max - new_max) * scale) + tl.sum(tl.exp2((x - new_max) * scale), axis=0)
+        # Shifted by 0 while only -inf has been seen (banned tokens): -inf - -inf would be NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        total = total * tl.exp2((row_max - shift) * scale) + tl.sum(tl.exp2((x - shift) * scale), axis=0)
         row_max = new_max
         row_min = tl.minimum(row_min, tl.min(tl.where(in_row & (x > float("-inf")), x, float("inf")), axis=0))
 

@@ -56,7 +56,9 @@ def _softmax_kernel(
             offs = row_base[:, None] + c[None, :].to(tl.int64) * inner
             x = tl.load(x_ptr + offs, mask=c[None, :] < n_cols, other=float("-inf")).to(tl.float32)
             new_max = tl.maximum(row_max, tl.max(x, axis=1))
-            row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
+            # Rows that have seen only -inf so far are shifted by 0, not by -inf (-inf - -inf is NaN).
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            row_sum = row_sum * tl.exp(row_max - shift) + tl.sum(tl.exp(x - shift[:, None]), axis=1)
             row_max = new_max
         inv_sum = 1.0 / row_sum
         for start in range(0, n_cols, BLOCK_N):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -105,11 +104,16 @@ class Backend:
 
 
 def _check_triton_runnable() -> None:
-    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    # The kernels chose GPU or interpreter when fastllm.kernels was imported: ask them, not the
+    # environment now (which may have changed since, and which Triton parses more loosely).
+    from fastllm.kernels._runtime import INTERPRETER
+
+    if torch.cuda.is_available() or INTERPRETER:
         return
     raise ValueError(
-        "backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1 to run its kernels, slowly, on the CPU); "
-        "no CUDA device is available here: use backend='torch' or backend='auto'"
+        "backend 'triton' needs a CUDA GPU (or TRITON_INTERPRET=1, set before fastllm.kernels is imported, "
+        "to run its kernels slowly on the CPU); no CUDA device is available here: use backend='torch' or "
+        "backend='auto'"
     )
 
 
@@ -117,9 +121,10 @@ def get_backend(name: str) -> Backend:
     """The backend called `name`: "torch" (PyTorch reference ops) or "triton" (Triton kernels)."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {name!r}")
+    backend = _load_backend(name)  # imports fastllm.kernels for "triton": the check below reads it
     if name == "triton":
         _check_triton_runnable()
-    return _load_backend(name)
+    return backend
 
 
 @functools.cache
