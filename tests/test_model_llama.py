@@ -138,6 +138,16 @@ def test_load_weights_rejects_missing_unexpected_and_misshapen_tensors():
         model.load_weights({**weights, "model.norm.weight": torch.ones(24, dtype=torch.int64)})
 
 
+def test_rotary_tables_follow_the_latest_checkpoint():
+    model = LlamaForCausalLM(tiny_config(), get_backend("torch"))
+    weights = random_weights(model)
+    default_cos = model.rotary_cos.clone()
+    model.load_weights({**weights, "rope_freqs": torch.full((2,), 4.0)})
+    assert not torch.equal(model.rotary_cos, default_cos)
+    model.load_weights(weights)
+    assert torch.equal(model.rotary_cos, default_cos)
+
+
 def test_tied_model_shares_embeddings_and_ignores_lm_head():
     model = LlamaForCausalLM(tiny_config(tie_word_embeddings=True), get_backend("torch"))
     weights = random_weights(model)

@@ -225,8 +225,8 @@ class LlamaForCausalLM(nn.Module):
                 setattr(module, name, nn.Parameter(prepack(weight), requires_grad=False))
         tied = self.config.tie_word_embeddings
         self._packed_tied_lm_head = prepack(self.lm_head) if tied and onednn_applies(self.lm_head) else None
-        if ROPE_FREQS in weights:
-            self._set_rotary(weights[ROPE_FREQS], self.device)
+        # Rebuilt on every load: a checkpoint without "rope_freqs" must not keep a previous one's.
+        self._set_rotary(weights.get(ROPE_FREQS), self.device)
 
     # -- forward ---------------------------------------------------------------------------
 
