@@ -52,7 +52,8 @@ SCENARIOS = {
 
 @cache
 def fastllm_llm() -> LLM:
-    return LLM(enable_prefix_caching=False)
+    # Pinned: by default fastllm takes a GPU where there is one (in bf16), while HF here stays on the CPU.
+    return LLM(device="cpu", dtype="float32", enable_prefix_caching=False)
 
 
 @cache

@@ -437,6 +437,21 @@ def run_case(case: Case, dtype: torch.dtype, ceilings: dict[str, Any]) -> dict[s
     return result
 
 
+def run_cases(cases: list[Case], ceilings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every case in each of its dtypes, each result printed as it comes."""
+    results = []
+    for case in cases:
+        for dtype in case.dtypes:
+            results.append(run_case(case, dtype, ceilings))
+            print(_format(results[-1]), flush=True)
+    return results
+
+
+def versions() -> dict[str, str | None]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda}
+
+
 def _device_name() -> str:
     return torch.cuda.get_device_name(DEVICE) if ON_GPU else f"cpu ({platform.processor() or platform.machine()})"
 
@@ -474,11 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ceilings = measure_ceilings()
     print(f"{device}: copy {ceilings['copy_tb_per_s']:.2f} TB/s, {ceilings['matmul_dtype']} matmul "
           f"{ceilings['matmul_tflop_per_s']:.1f} TFLOP/s")
-    results = []
-    for case in cases:
-        for dtype in case.dtypes:
-            results.append(run_case(case, dtype, ceilings))
-            print(_format(results[-1]), flush=True)
+    results = run_cases(cases, ceilings)
 
     now = datetime.datetime.now(datetime.timezone.utc)
     report = {
@@ -486,12 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": device,
         "interpreter": not ON_GPU,
         "timings_meaningful": ON_GPU,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "cuda": torch.version.cuda,
-        },
+        "versions": versions(),
         "timing": "triton.testing.do_bench median (warmup 25 ms, rep 100 ms)" if ON_GPU
         else "median of 3 wall-clock runs in the Triton interpreter",
         "ceilings": ceilings,

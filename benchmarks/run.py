@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from typing import Any
 from benchmarks import bench_kernels  # isort: skip
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
 from benchmarks import bench_e2e, kernel_sweeps, plots  # noqa: E402
 
@@ -58,12 +56,7 @@ CPU_NO_FLOOR = "no GPU: tiny shapes on the CPU (kernels in the Triton interprete
 
 
 def run_kernels(ceilings: dict[str, Any]) -> dict[str, Any]:
-    results = []
-    for case in bench_kernels.CASES:
-        for dtype in case.dtypes:
-            results.append(bench_kernels.run_case(case, dtype, ceilings))
-            print(bench_kernels._format(results[-1]), flush=True)
-    return {"results": results, "sweeps": kernel_sweeps.run_all()}
+    return {"results": bench_kernels.run_cases(bench_kernels.CASES, ceilings), "sweeps": kernel_sweeps.run_all()}
 
 
 def run_tokenizer(megabytes: float, rounds: int) -> dict[str, Any]:
@@ -183,7 +176,7 @@ def markdown_table(report: dict[str, Any], results_file: str) -> str:
             continue
         unit = entry["unit"]
         what = f"{entry['case']}, {entry['dtype']}" if "case" in entry else f"{entry['shape']}, {entry['engine']}"
-        floor = _number(entry["fraction_of_floor"], 2) if entry["fraction_of_floor"] is not None else "—"
+        floor = _number(entry["fraction_of_floor"], 2)
         lines.append(
             f"| {key} ({what}) | {_number(entry['fastllm'])} {unit} | {_number(entry['baseline'])} {unit} "
             f"({entry['baseline_name']}) | {_number(entry['ratio'])}x | {floor} |"
@@ -246,8 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": now.isoformat(timespec="seconds"),
         "device": device,
         "timings_meaningful": on_gpu,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-                     "cuda": torch.version.cuda},
+        "versions": bench_kernels.versions(),
         "ceilings": ceilings,
     }
     if "kernels" in args.suites:

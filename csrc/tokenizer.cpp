@@ -138,7 +138,15 @@ std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std
         }
     };
     std::vector<std::thread> threads;
-    for (size_t t = 1; t < num_threads; ++t) threads.emplace_back(work);
+    for (size_t t = 1; t < num_threads; ++t) {
+        try {
+            threads.emplace_back(work);
+        } catch (const std::exception&) {
+            // Out of threads or memory: those running, this one included, share all the work. (Letting
+            // the exception out would destroy joinable threads, which aborts the process.)
+            break;
+        }
+    }
     work();
     for (auto& thread : threads) thread.join();
     if (error) std::rethrow_exception(error);

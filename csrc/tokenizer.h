@@ -42,7 +42,8 @@ class Tokenizer {
     // The pre-tokenizer's pieces of `text` as (begin, end) byte offsets (added tokens not matched).
     std::vector<std::pair<size_t, size_t>> pre_tokenize(std::string_view text) const;
 
-    // Encodes each text on up to num_threads threads (0: one per hardware thread).
+    // Encodes each text on up to num_threads threads (0: one per hardware thread), the calling
+    // thread included; fewer where the system cannot start more.
     std::vector<std::vector<uint32_t>> encode_batch(const std::vector<std::string_view>& texts, bool allow_special,
                                                     size_t num_threads) const;
 

@@ -121,3 +121,16 @@ def test_batch1_floor_is_bytes_over_bandwidth() -> None:
     assert floor["kv_bytes"] == pytest.approx(kv_per_token * (prompt + (output - 1) / 2))
     assert floor["floor_s"] == pytest.approx((floor["weight_bytes"] + floor["kv_bytes"]) / 2e12)
     assert 2.4e9 < floor["weight_bytes"] < 2.5e9  # ~1.24B parameters in bf16
+
+
+# -- bench_generate --------------------------------------------------------------------------------
+
+
+def test_generate_benchmark_runs_fastllm_where_it_says(monkeypatch) -> None:
+    """Its results are labelled CPU float32 beside HF on the CPU: fastllm must not move to a GPU."""
+    from benchmarks import bench_generate
+
+    options: dict = {}
+    monkeypatch.setattr(bench_generate, "LLM", lambda **kwargs: options.update(kwargs))
+    bench_generate.fastllm_llm.__wrapped__()
+    assert (options["device"], options["dtype"]) == ("cpu", "float32")

@@ -505,3 +505,28 @@ def test_missing_or_invalid_metadata(tmp_path):
     write_gguf(path, hf_weights(), metadata={"llama.rope.scaling.type": ("longrope", gguf.GGUFValueType.STRING)})
     with pytest.raises(CheckpointError, match="unsupported rope scaling type 'longrope'"):
         load_checkpoint(path)
+
+
+def gguf_header(tensor_count: int, kv_count: int) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, tensor_count, kv_count)
+
+
+def test_element_count_beyond_int64_is_truncation_not_an_empty_tensor(tmp_path):
+    # 2**32 x 2**32 float32 values: a product that wraps to 0 in int64 arithmetic.
+    name = b"t"
+    info = struct.pack("<Q", len(name)) + name + struct.pack("<I2QIQ", 2, 2**32, 2**32, int(Q.F32), 0)
+    path = tmp_path / "huge.gguf"
+    path.write_bytes(gguf_header(1, 0) + info + bytes(64))
+    with pytest.raises(CheckpointError, match=r"huge\.gguf: GGUF file is truncated: tensor 't'"):
+        GGUFFile(path)
+
+
+def test_nested_arrays_are_refused_without_recursing(tmp_path):
+    # llama.cpp refuses arrays of arrays; a deep nest must not exhaust Python's recursion limit.
+    key = b"x"
+    V = gguf.GGUFValueType
+    nest = struct.pack("<I", V.ARRAY) + struct.pack("<IQ", V.ARRAY, 1) * 100_000 + struct.pack("<IQ", V.UINT8, 0)
+    path = tmp_path / "nested.gguf"
+    path.write_bytes(gguf_header(0, 1) + struct.pack("<Q", len(key)) + key + nest)
+    with pytest.raises(CheckpointError, match=r"nested\.gguf: .*metadata 'x' .*arrays of arrays"):
+        GGUFFile(path)

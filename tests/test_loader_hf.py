@@ -122,6 +122,9 @@ def test_invalid_config_json(folder_copy):
     (folder_copy / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config\.json: invalid JSON"):
         load_checkpoint(folder_copy)
+    (folder_copy / "config.json").write_bytes(b'{"model_type": "ll\xffama"}')  # not UTF-8
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid JSON"):
+        load_checkpoint(folder_copy)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import resource
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -110,6 +113,37 @@ def test_round_trip_and_batch(tokenizer: Tokenizer) -> None:
         assert tokenizer.decode(ids) == text
         assert tokenizer.decode_bytes(ids) == text.encode()
     assert tokenizer.encode_batch([]) == []
+
+
+# Encodes a batch with the address space capped at what is in use + SPARE MiB.
+_BATCH_UNDER_MEMORY_CAP = """
+import resource, sys
+from fastllm import Tokenizer
+tokenizer = Tokenizer(["a", "b", "ab", "\u0120"], [("a", "b")], pre_tokenizer="gpt2")
+texts = ["ab ab a"] * 50
+expected = tokenizer.encode_batch(texts, num_threads=1)
+with open("/proc/self/status") as status:
+    size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (int(sys.argv[1]) << 20), resource.RLIM_INFINITY))
+print(tokenizer.encode_batch(texts, num_threads=8) == expected)
+"""
+
+
+@pytest.mark.parametrize(
+    "stack_mib, spare_mib", [(256, 64), (32, 112)], ids=["no-worker-starts", "some-workers-start"]
+)
+def test_encode_batch_works_when_threads_cannot_start(stack_mib: int, spare_mib: int) -> None:
+    """Threads that fail to start leave the work to those running (once, an abort: joinable threads destroyed)."""
+    hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    if hard != resource.RLIM_INFINITY and hard < stack_mib << 20:
+        pytest.skip("cannot raise the stack limit")
+
+    def thread_stacks() -> None:  # glibc sizes new threads' stacks by RLIMIT_STACK at startup
+        resource.setrlimit(resource.RLIMIT_STACK, (stack_mib << 20, hard))
+
+    done = subprocess.run([sys.executable, "-c", _BATCH_UNDER_MEMORY_CAP, str(spare_mib)], preexec_fn=thread_stacks,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
 
 
 def test_lone_surrogates_become_replacement_characters(tokenizer: Tokenizer) -> None:

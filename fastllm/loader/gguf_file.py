@@ -10,6 +10,7 @@ against `gguf.GGUFReader` on the same files.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -106,9 +107,10 @@ class _Cursor:
             return values.astype(bool) if kind == GGUFValueType.BOOL else values
         if kind == GGUFValueType.STRING:
             return self.strings(count, what)
-        # Strings and nested arrays take at least 8 bytes each: bound the count before looping.
-        self.check_room(count * 8, what)
-        return [self.value(kind, what) for _ in range(count)]
+        if kind == GGUFValueType.ARRAY:
+            # Reading them would recurse as deep as a corrupt file nests them; no converter writes them.
+            raise CheckpointError(self.path, f"{what} holds arrays of arrays, which llama.cpp does not read either")
+        raise CheckpointError(self.path, f"GGUF file is corrupt: {what} is an array of unknown value type {kind}")
 
     def strings(self, count: int, what: str) -> list[str]:
         # The hot loop of a GGUF header (tokenizer vocabularies and merges): locals only.
@@ -212,7 +214,8 @@ class GGUFFile:
         return infos
 
     def raw(self, name: str) -> np.ndarray:
-        """A tensor's bytes, read-only and memory-mapped: uint8 [*shape[:-1], bytes per row]."""
+        """A tensor's bytes, uint8 [*shape[:-1], bytes per row]: a view of the copy-on-write mapping
+        (writable; writes never reach the file)."""
         info = self.tensors[name]
         data = np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
         return data.reshape(*info.shape[:-1], -1)
@@ -225,5 +228,5 @@ def _tensor_nbytes(path: str, name: str, shape: tuple[int, ...], qtype: GGMLQuan
             path, f"tensor {name!r} of type {qtype.name} has rows of {shape[-1]} values, "
             f"not a multiple of its block size {block_size}"
         )
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    return count // block_size * type_size
+    # Python ints: a corrupt shape's product must not wrap around (to 0, passing the size check).
+    return math.prod(shape) // block_size * type_size

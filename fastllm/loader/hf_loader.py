@@ -24,7 +24,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(path, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise CheckpointError(path, f"expected a JSON object, got {type(data).__name__}")
