@@ -204,7 +204,7 @@ class Tokenizer:
                 if entry.get(option):
                     raise ValueError(f"added token {entry['content']!r} uses {option}, which is not supported")
             added.append((entry["id"], entry["content"], bool(entry.get("special")), bool(entry.get("normalized"))))
-        size = max([*vocab.values(), *(a[0] for a in added), -1]) + 1
+        size = _table_size([*vocab.values(), *(a[0] for a in added)])
         tokens: list[str | None] = [None] * size
         for token, token_id in vocab.items():
             tokens[token_id] = token
@@ -396,6 +396,19 @@ def _raw_token(token: str | None) -> str | bytes | None:
         return token
     except UnicodeEncodeError:
         return token.encode("utf-8", "surrogateescape")
+
+
+def _table_size(ids: list[int]) -> int:
+    """Size of the id -> token table for these ids: one past the largest. The ids must be
+    non-negative ints and nearly dense (the table is allocated whole, so a corrupt id of 2**31
+    must not ask for gigabytes)."""
+    bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int) or i < 0), None)
+    if bad is not None:
+        raise ValueError(f"token ids must be non-negative integers, got {bad!r}")
+    size = max(ids, default=-1) + 1
+    if size > 2 * len(ids) + 256:
+        raise ValueError(f"token id {size - 1} is far beyond the {len(ids)} tokens defined: ids must be nearly dense")
+    return size
 
 
 def _split_merge(merge: Any, index: int, source: str) -> tuple[str, str]:

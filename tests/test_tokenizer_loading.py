@@ -106,6 +106,9 @@ def test_unsupported_pre_tokenizer_override() -> None:
         (lambda s: s["added_tokens"][0].update(lstrip=True), "lstrip"),
         (lambda s: s["model"].update(merges=["Ġ t", "no_such merge"]), "merge 1"),
         (lambda s: s["model"].pop("vocab"), "malformed tokenizer.json"),
+        (lambda s: s["model"]["vocab"].update(x=-1), "token ids must be non-negative integers, got -1"),
+        (lambda s: s["model"]["vocab"].update(x="7"), "token ids must be non-negative integers, got '7'"),
+        (lambda s: s["added_tokens"][0].update(id=2**31 - 1), "token id 2147483647 is far beyond"),
     ],
 )
 def test_unsupported_tokenizer_json(tmp_path, change, message: str) -> None:
