@@ -150,8 +150,9 @@ class TestInputChecks:
     def test_hints_and_scale(self) -> None:
         with pytest.raises(ValueError, match="max_seqlen_q must be a non-negative int or None, got -1"):
             kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, self.cu, max_seqlen_q=-1)
-        with pytest.raises(ValueError, match="softmax_scale must be a positive float"):
-            kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, self.cu, softmax_scale=0.0)
+        for scale in (0.0, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="softmax_scale must be a positive finite float"):
+                kernels.varlen_attention(self.q, self.kv, self.kv, self.cu, self.cu, softmax_scale=scale)
 
     def test_paged_capacity(self) -> None:
         cache = torch.randn(4, 16, 2, 16)

@@ -163,8 +163,9 @@ class TestInputChecks:
         x = torch.randn(3, 8)
         with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
             kernels.rms_norm(x, torch.ones(7), 1e-5)
-        with pytest.raises(ValueError, match="eps must be a positive float"):
-            kernels.rms_norm(x, torch.ones(8), 0.0)
+        for eps in (0.0, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="eps must be a positive finite float"):
+                kernels.rms_norm(x, torch.ones(8), eps)
         with pytest.raises(ValueError, match="residual must have the shape of x"):
             kernels.fused_add_rms_norm(x, torch.randn(3, 7), torch.ones(8), 1e-5)
         with pytest.raises(ValueError, match="x, residual must share one dtype"):

@@ -6,6 +6,7 @@ naming the argument, so a bad call fails clearly instead of reading out of bound
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -60,11 +61,15 @@ def check_gqa(num_q_heads: int, num_kv_heads: int) -> None:
         )
 
 
+def _is_positive_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def check_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
     if softmax_scale is None:
         return head_dim**-0.5
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool) or not softmax_scale > 0:
-        raise ValueError(f"softmax_scale must be a positive float or None, got {softmax_scale!r}")
+    if not _is_positive_finite(softmax_scale):
+        raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
     return float(softmax_scale)
 
 
@@ -75,8 +80,8 @@ def check_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: 
     check_tensor("weight", weight, ndim=1, dtypes=FLOAT_DTYPES, device=x.device)
     if weight.shape[0] != x.shape[-1]:
         raise ValueError(f"weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    if not _is_positive_finite(eps):
+        raise ValueError(f"eps must be a positive finite float, got {eps!r}")
     if residual is not None:
         check_tensor("residual", residual, dtypes=FLOAT_DTYPES, device=x.device)
         if residual.shape != x.shape:
