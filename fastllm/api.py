@@ -160,10 +160,10 @@ class LLM:
             self.engine.add_sequence(seq)
         try:
             self._run_until_finished(seqs, use_tqdm)
-        finally:
-            for seq in seqs:  # an interrupted call leaves nothing behind in the engine
-                if not seq.is_finished:
-                    self.engine.abort(seq)
+        except BaseException:
+            for seq in seqs:  # an interrupted call leaves nothing behind, finished requests included
+                self.engine.abort(seq)
+            raise
         return [_request_output(self.engine, seq, text) for seq, (text, _) in zip(seqs, prompts)]
 
     def _run_until_finished(self, seqs: list[Sequence], use_tqdm: bool) -> None:
@@ -263,7 +263,7 @@ class TextStream(Iterator[str]):
                     return
                 engine.step()
         finally:
-            if not seq.is_finished:
+            if self.output is None:  # closed or failed early: drop the request, finished or not
                 engine.abort(seq)
 
 

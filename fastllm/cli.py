@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from fastllm.api import LLM, RequestOutput, get_llm
+from fastllm.engine.llm_engine import load_tokenizer
 from fastllm.engine.sampling_params import SamplingParams
 
 DEMO_QUESTION = "Explain in two sentences why the sky is blue."
@@ -142,10 +143,8 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _tokenize(args: argparse.Namespace) -> int:
     from fastllm.loader.default_model import default_model_path
-    from fastllm.tokenizer import Tokenizer
 
-    path = args.model if args.model is not None else default_model_path()
-    tokenizer = Tokenizer.from_file(path) if os.path.isdir(path) else Tokenizer.from_gguf(path)
+    tokenizer = load_tokenizer(args.model if args.model is not None else default_model_path())
     ids = tokenizer.encode(args.text)
     if args.tokens:
         print(json.dumps([[i, tokenizer.decode([i])] for i in ids], ensure_ascii=False))

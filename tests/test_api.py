@@ -182,3 +182,48 @@ def test_fastllm_generate_uses_the_cached_llm(llm, alone):
 def test_bad_llm_settings_fail_before_loading(kwargs, error, message):
     with pytest.raises(error, match=message):
         LLM(**kwargs)
+
+
+# -- request clean-up on a tiny random model (no default model needed) ---------------------------
+
+
+@pytest.fixture
+def tiny_llm():
+    from tests.engine_testing import CharTokenizer, tiny_model
+
+    return LLM.from_model(tiny_model(), CharTokenizer(), num_kv_blocks=64, block_size=4)
+
+
+def assert_forgotten(llm):
+    """Idle, and no request's text state left behind in the engine."""
+    assert_idle(llm)
+    assert llm.engine._detokenizers == {}
+
+
+def test_interrupted_generate_forgets_its_finished_requests_too(tiny_llm, monkeypatch):
+    engine, steps = tiny_llm.engine, 0
+    real_step = engine.step
+
+    def step():
+        nonlocal steps
+        steps += 1
+        if steps == 4:  # the one-token request is done by now, the long one is not
+            raise KeyboardInterrupt
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", step)
+    short = SamplingParams(temperature=0, max_tokens=1)
+    long = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_llm.generate([[5, 6], [7, 8, 9]], [short, long], use_tqdm=False)
+    assert_forgotten(tiny_llm)
+
+
+def test_abandoning_a_stream_that_another_stream_finished_forgets_it(tiny_llm):
+    driver = tiny_llm.stream([5, 6, 7], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
+    passenger = tiny_llm.stream([8, 9], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    next(passenger)
+    list(driver)  # its steps finish the passenger's request too
+    passenger.close()
+    assert passenger.output is None
+    assert_forgotten(tiny_llm)

@@ -22,7 +22,8 @@ from fastllm.engine.sequence import Sequence
 def hash_block(parent_hash: int | None, token_ids: tuple[int, ...]) -> int:
     """The chained hash of a full block: depends on its tokens and, through parent_hash, on every earlier token.
 
-    Python's tuple-of-int hash is deterministic across processes (no hash randomization for ints).
+    Only meaningful within one process: before Python 3.12, hash(None) (the first block's parent)
+    varies between runs. Hits are confirmed against the block's tokens, so a collision is harmless.
     """
     return hash((parent_hash, token_ids))
 
@@ -53,7 +54,9 @@ class BlockManager:
         # nothing reusable go to the front; registered ones to the back (least recently freed first).
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[int, int] = {}  # chained hash -> block id
-        self.num_cache_queries = 0  # prompt tokens looked up / found, for hit-rate reporting
+        # Tokens looked up / found at each admission (a preempted sequence's re-admission counts
+        # again, its generated tokens included), for hit-rate reporting.
+        self.num_cache_queries = 0
         self.num_cache_hits = 0
 
     @property

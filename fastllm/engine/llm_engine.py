@@ -146,6 +146,13 @@ def _num_kv_blocks(
     return num_blocks
 
 
+def load_tokenizer(path: str) -> Tokenizer:
+    """A model's tokenizer: an HF folder's tokenizer.json, or the vocabulary inside a GGUF file."""
+    from fastllm.tokenizer import Tokenizer  # the C++ tokenizer: only loaded when a model is
+
+    return Tokenizer.from_file(path) if os.path.isdir(path) else Tokenizer.from_gguf(path)
+
+
 def _adds_bos_token(path: str) -> bool:
     """Whether the model expects BOS before a text prompt: GGUF `tokenizer.ggml.add_bos_token`, or an
     HF folder's tokenizer_config.json `add_bos_token` (the tokenizer itself never adds it)."""
@@ -222,15 +229,13 @@ class LLMEngine:
         """Resolve device, dtype and backend, load the model and its tokenizer, build the engine."""
         # Imported here: the engine core needs neither the loaders nor the C++ tokenizer.
         from fastllm.model import load_model
-        from fastllm.tokenizer import Tokenizer
 
         path = os.fspath(config.model) if config.model is not None else default_model_path()
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         backend = get_backend(resolve_backend(config.backend, device))
         model, _ = load_model(path, dtype=dtype, device=device, backend=backend)
-        tokenizer = Tokenizer.from_file(path) if os.path.isdir(path) else Tokenizer.from_gguf(path)
-        return cls(model, tokenizer, config, add_bos_token=_adds_bos_token(path))
+        return cls(model, load_tokenizer(path), config, add_bos_token=_adds_bos_token(path))
 
     def _eos_token_ids(self) -> tuple[int, ...]:
         ids = {self.tokenizer.eos_id, self.model_config.eos_token_id}
@@ -277,7 +282,9 @@ class LLMEngine:
         if not prompt_token_ids:
             raise ValueError("the prompt is empty: give at least one token")
         for token in prompt_token_ids:
-            if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self.vocab_size:
+            if not isinstance(token, int) or isinstance(token, bool):
+                raise ValueError(f"prompt token id {token!r} is not an int")
+            if not 0 <= token < self.vocab_size:
                 raise ValueError(f"prompt token id {token!r} is outside the vocabulary [0, {self.vocab_size})")
         return list(prompt_token_ids)
 
@@ -309,7 +316,7 @@ class LLMEngine:
         return params.max_tokens
 
     def abort(self, seq: Sequence) -> None:
-        """Drop an unfinished request and free its KV blocks."""
+        """Drop a request: stop it and free its KV blocks if unfinished; forget its text state either way."""
         if not seq.is_finished:
             self.scheduler.finish(seq)
             seq.finish_reason = "abort"

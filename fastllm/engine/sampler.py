@@ -5,9 +5,9 @@ torch), then temperature, top-k, top-p, min-p and the draw (the backend's `sampl
 no row asks for is skipped, so an all-greedy batch costs one argmax.
 
 Seeds: a row's draw depends only on its logits, its parameters and a 64-bit seed. A seeded
-request's per-step seed is a hash of (its seed, tokens generated so far), so the same request
-samples the same tokens whatever else is in the batch; unseeded requests take fresh seeds from a
-process-level generator.
+request's per-step seed is a hash of (its seed, how many tokens it has generated), so the same
+request samples the same tokens whatever else is in the batch (and after a preemption);
+unseeded requests take fresh seeds from a process-level generator.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Sampler:
             logits[:, self.num_text_tokens :] = float("-inf")
         logits = self._mask_early_stops(logits, seqs)
         logits = self._apply_penalties(logits, seqs)
-        if all(p.temperature == 0 for p in params):
+        if all(p.is_greedy for p in params):
             tokens = logits.argmax(dim=-1)
         else:
             tokens = self._draw(logits, seqs)

@@ -61,7 +61,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []
         self.num_registered_blocks = 0  # leading blocks of block_table already offered to the prefix cache
-        self.finish_reason: str | None = None  # "stop" | "length"
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
         self.stop_reason: str | int | None = None  # the stop string or stop token id that ended it
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
