@@ -76,8 +76,8 @@ class LLM:
             what the model steps need besides it (activations, CUDA graphs), measured at start-up.
         enforce_eager: never replay CUDA graphs. By default, on CUDA with the triton backend,
             decode steps replay graphs captured at start-up for batch sizes 1, 2, 4, 8, 16, ...
-            up to max_num_seqs (no Python or kernel-launch overhead per step; their memory is
-            held back from the KV pool).
+            up to the largest decode batch, min(max_num_seqs, max_num_batched_tokens) (no Python
+            or kernel-launch overhead per step; their memory is held back from the KV pool).
     """
 
     def __init__(
