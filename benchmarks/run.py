@@ -82,8 +82,19 @@ def run_correctness() -> dict[str, Any]:
         return {"skipped": "no CUDA GPU (on the CPU, tests/test_triton_backend.py holds the interpreted triton "
                            "backend to the torch backend)", "passed": True}
     from benchmarks import gpu_correctness
+    from fastllm import default_model_path
 
-    return gpu_correctness.run()
+    # It runs last: a crash here would lose every suite's results (written only at the end).
+    try:
+        default_model_path()
+    except FileNotFoundError as exc:  # not a failed check: the machine lacks the model
+        print(f"GPU correctness checks skipped: {exc}", file=sys.stderr, flush=True)
+        return {"skipped": f"the default model is missing: {exc}", "passed": True}
+    try:
+        return gpu_correctness.run()
+    except Exception as exc:  # noqa: BLE001 -- recorded as a failed check, the report is still written
+        print(f"GPU correctness checks FAILED with {exc!r}", file=sys.stderr, flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}", "passed": False}
 
 
 # -- summary -----------------------------------------------------------------------------------

@@ -95,6 +95,29 @@ def test_summary_says_why_a_suite_is_missing() -> None:
 # -- floors --------------------------------------------------------------------------------------
 
 
+def test_gpu_correctness_problems_are_recorded_not_raised(monkeypatch) -> None:
+    """On a GPU the checks run last: a missing default model or a crash must not lose the report."""
+    import fastllm
+    from benchmarks import gpu_correctness
+
+    monkeypatch.setattr(run.bench_kernels, "ON_GPU", True)
+    monkeypatch.setattr(gpu_correctness, "run", lambda: {"passed": True, "ran": True})
+    assert run.run_correctness() == {"passed": True, "ran": True}
+
+    def crash() -> dict:
+        raise RuntimeError("triton exploded")
+
+    monkeypatch.setattr(gpu_correctness, "run", crash)
+    assert run.run_correctness() == {"error": "RuntimeError: triton exploded", "passed": False}
+
+    def missing() -> str:
+        raise FileNotFoundError("the default model is not installed")
+
+    monkeypatch.setattr(fastllm, "default_model_path", missing)
+    result = run.run_correctness()
+    assert result["passed"] and "not installed" in result["skipped"]
+
+
 def test_weight_bytes_per_step_count_each_matrix_once() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
