@@ -203,8 +203,9 @@ def check_sample(
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     min_p: torch.Tensor,
-    seeds: torch.Tensor,
+    seeds: torch.Tensor | None,
 ) -> None:
+    """The sampler's arguments; `seeds` None for callers that draw nothing (`filtered_probs`)."""
     check_tensor("logits", logits, ndim=2, dtypes=FLOAT_DTYPES)
     batch = logits.shape[0]
     if logits.shape[1] == 0:
@@ -214,8 +215,9 @@ def check_sample(
         ("top_k", top_k, (torch.int32,)),
         ("top_p", top_p, (torch.float32,)),
         ("min_p", min_p, (torch.float32,)),
-        ("seeds", seeds, (torch.int64,)),
     )
+    if seeds is not None:
+        per_row += (("seeds", seeds, (torch.int64,)),)
     for name, t, dtypes in per_row:
         check_tensor(name, t, ndim=1, dtypes=dtypes, device=logits.device)
         check_shape(name, t, (batch,))

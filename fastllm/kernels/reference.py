@@ -40,6 +40,10 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, HF Llama semantics: normalize in float32, cast, then scale."""
     check_rms_norm(x, weight, eps)
+    return _rms_norm(x, weight, eps)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # F.rms_norm computes x * rsqrt(mean(x^2) + eps) (* weight) in one call, measured bit-identical
     # to spelling it out in float32 and float64. Half types are normalized in float32 and cast
     # before the scale, as HF does, so there the weight is applied outside.
@@ -56,7 +60,7 @@ def fused_add_rms_norm(
     """Return (rms_norm(x + residual), x + residual): the residual stream and its normalized copy."""
     check_rms_norm(x, weight, eps, residual)
     summed = x + residual
-    return rms_norm(summed, weight, eps), summed
+    return _rms_norm(summed, weight, eps), summed
 
 
 def rotary_embedding(
@@ -259,7 +263,13 @@ def filtered_probs(
     Each filter acts on the renormalized result of the one before. Rows with temperature 0 get
     a one-hot distribution on the (first) argmax. top_k 0 = off; top_p 1 = off; min_p 0 = off.
     """
-    check_sample(logits, temperature, top_k, top_p, min_p, torch.zeros_like(temperature, dtype=torch.int64))
+    check_sample(logits, temperature, top_k, top_p, min_p, seeds=None)
+    return _filtered_probs(logits, temperature, top_k, top_p, min_p)
+
+
+def _filtered_probs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> torch.Tensor:
     dtype = _compute_dtype(logits.dtype)
     batch, vocab = logits.shape
     greedy = temperature <= 0
@@ -308,7 +318,7 @@ def sample(
     greedy = temperature <= 0
     if bool(greedy.all()):
         return logits.argmax(dim=-1)
-    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    probs = _filtered_probs(logits, temperature, top_k, top_p, min_p)
     uniforms = torch.empty(logits.shape[0], dtype=probs.dtype)
     for row, seed in enumerate(seeds.tolist()):
         generator = torch.Generator().manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
