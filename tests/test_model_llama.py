@@ -99,7 +99,9 @@ def test_chunked_prefill_over_the_paged_cache_matches_one_shot_prefill(default_m
         second = default_model(
             ids[split:], positions[split:], _prefill_meta([29 - split], [29], slots[split:], table), cache
         )
-    torch.testing.assert_close(torch.cat([first, second]), whole, rtol=0, atol=1e-4)
+    # The chunks' matmuls have fewer rows than the whole prompt's, so oneDNN may block and sum
+    # them differently: float32 rounding through 30 layers, the same bound as against HF.
+    torch.testing.assert_close(torch.cat([first, second]), whole, rtol=0, atol=LOGIT_ATOL)
 
 
 def test_bfloat16_tracks_float32(default_checkpoint, default_model):
