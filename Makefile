@@ -24,7 +24,7 @@ $(STAMP): $(NATIVE_SOURCES)
 test: setup native-test
 	$(PY) -m pytest -q tests
 
-# The C++ tokenizer core and its test driver under AddressSanitizer + UBSan, built
+# The C++ cores (tokenizer, CPU attention) and their test drivers under AddressSanitizer + UBSan, built
 # incrementally in its own folder (the Python extension is the Release build of `setup`).
 SANITIZE_DIR := build/sanitize
 native-test:

@@ -17,14 +17,15 @@ def test_torch_backend_wraps_the_reference_ops():
 
 
 def test_unknown_names():
-    with pytest.raises(ValueError, match="backend must be one of 'torch', 'triton', got 'cuda'"):
+    with pytest.raises(ValueError, match="backend must be one of 'torch', 'triton', 'cpu', got 'cuda'"):
         get_backend("cuda")
-    with pytest.raises(ValueError, match="backend must be 'auto' or one of 'torch', 'triton', got 'fast'"):
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of 'torch', 'triton', 'cpu', got 'fast'"):
         resolve_backend("fast", "cpu")
 
 
 def test_resolve_backend():
-    assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == "cpu"
+    assert resolve_backend("auto", "mps") == "torch"
     assert resolve_backend("auto", torch.device("cuda", 0)) == "triton"
     assert resolve_backend("triton", "cpu") == "triton"
     assert resolve_backend("torch", "cuda") == "torch"
@@ -56,10 +57,11 @@ def test_a_module_lacking_ops_is_rejected():
         Backend("partial", types.ModuleType("partial_ops"))
 
 
-def test_attention_paths_agree_with_dense_causal_attention():
+@pytest.mark.parametrize(("name", "dim"), [("torch", 8), ("cpu", 32)])  # 32: a head dim the C++ kernel takes
+def test_attention_paths_agree_with_dense_causal_attention(name, dim):
     """Prefill over new k/v, prefill over the paged cache (prefix hit), decode: all equal plain SDPA."""
-    backend = get_backend("torch")
-    heads, kv_heads, dim, block_size, length = 4, 2, 8, 4, 11
+    backend = get_backend(name)
+    heads, kv_heads, block_size, length = 4, 2, 4, 11
     q, k, v = torch.randn(length, heads, dim), torch.randn(length, kv_heads, dim), torch.randn(length, kv_heads, dim)
     expected = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, enable_gqa=True,

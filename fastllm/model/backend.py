@@ -1,10 +1,9 @@
-"""The seam between the model and its ops: one `Backend` class over two op modules.
+"""The seam between the model and its ops: one `Backend` class over three op modules.
 
 `get_backend("torch")` wraps `fastllm.kernels.reference` (plain PyTorch, any device);
-`get_backend("triton")` wraps `fastllm.kernels` (Triton, CUDA or TRITON_INTERPRET=1). Both
-modules expose the same function names and signatures, so the model never knows which it runs.
-`fastllm.kernels` is imported only when the triton backend is asked for: importing the model
-must not need Triton to be usable.
+`get_backend("triton")` wraps `fastllm.kernels` (Triton, CUDA or TRITON_INTERPRET=1);
+`get_backend("cpu")` wraps `fastllm.kernels.cpu` (the PyTorch ops with decode attention in C++).
+The modules expose the same function names and signatures, so the model never knows which it runs.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from types import ModuleType
 
 import torch
 
-BACKEND_NAMES = ("torch", "triton")
-BACKEND_MODULES = {"torch": "fastllm.kernels.reference", "triton": "fastllm.kernels"}
+BACKEND_NAMES = ("torch", "triton", "cpu")
+BACKEND_MODULES = {"torch": "fastllm.kernels.reference", "triton": "fastllm.kernels", "cpu": "fastllm.kernels.cpu"}
 # The ops every backend module must provide (same names and signatures as fastllm.kernels.reference).
 OP_NAMES = (
     "rms_norm",
@@ -118,7 +117,7 @@ def _check_triton_runnable() -> None:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called `name`: "torch" (PyTorch reference ops) or "triton" (Triton kernels)."""
+    """The backend called `name`: "torch" (PyTorch reference ops), "triton" (Triton kernels) or "cpu"."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}, got {name!r}")
     backend = _load_backend(name)  # imports fastllm.kernels for "triton": the check below reads it
@@ -138,9 +137,10 @@ def _load_backend(name: str) -> Backend:
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Resolve "auto" for `device`: "triton" on CUDA, "torch" elsewhere; other names pass through checked."""
+    """Resolve "auto" for `device`: "triton" on CUDA, "cpu" on a CPU, "torch" elsewhere; other names
+    pass through checked."""
     if name == "auto":
-        return "triton" if torch.device(device).type == "cuda" else "torch"
+        return {"cuda": "triton", "cpu": "cpu"}.get(torch.device(device).type, "torch")
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {', '.join(map(repr, BACKEND_NAMES))}, got {name!r}")
     return name

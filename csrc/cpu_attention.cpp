@@ -1,0 +1,241 @@
+#include "cpu_attention.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// On x86-64, GCC builds AVX-512, AVX2 and baseline clones of the attention routine and picks
+// one at load time, so a portable build still uses the machine's widest vectors (GCC 11+ with
+// glibc: the clones need ifunc). Elsewhere it is built once for the compile target.
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define FASTLLM_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTLLM_VECTOR_CLONES
+#endif
+#define FASTLLM_INLINE inline __attribute__((always_inline))
+
+namespace fastllm::cpu {
+namespace {
+
+// 16 floats: one AVX-512 register, two AVX2 ones, four SSE ones (the compiler splits it).
+constexpr int64_t kLanes = 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+FASTLLM_INLINE Vec load(const float* p) {
+    Vec v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+FASTLLM_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+
+FASTLLM_INLINE float sum_lanes(Vec v) {
+    typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
+    typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
+    Half low, high;
+    std::memcpy(&low, &v, sizeof low);
+    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
+    const Half halves = low + high;
+    Quarter q_low, q_high;
+    std::memcpy(&q_low, &halves, sizeof q_low);
+    std::memcpy(&q_high, reinterpret_cast<const char*>(&halves) + sizeof q_low, sizeof q_high);
+    const Quarter quarters = q_low + q_high;
+    return (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]);
+}
+
+FASTLLM_INLINE Vec broadcast(float x) { return Vec{} + x; }
+
+FASTLLM_INLINE float max_lanes(Vec v) {
+    float max = v[0];
+    for (int64_t i = 1; i < kLanes; ++i) max = v[i] > max ? v[i] : max;
+    return max;
+}
+
+// exp(x) for x <= 0 (scores minus their maximum), to float32 rounding: Cephes' expf, i.e.
+// x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for e^r, 2^n from the exponent bits.
+// Below -87 (e^-87 ~ 1.6e-38, nothing against a maximum term of 1) it gives 0; NaN stays NaN.
+FASTLLM_INLINE Vec exp_nonpositive(Vec x) {
+    typedef int32_t Ints __attribute__((vector_size(sizeof(Vec))));
+    const Vec floor_x = broadcast(-87.0f);
+    const Vec clamped = x > floor_x ? x : floor_x;
+    const Ints n_int = __builtin_convertvector(clamped * 1.44269504f - 0.5f, Ints);  // round(x / ln2)
+    const Vec n = __builtin_convertvector(n_int, Vec);
+    const Vec r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+    Vec p = broadcast(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const Ints exponent = (n_int + 127) << 23;
+    Vec two_n;
+    std::memcpy(&two_n, &exponent, sizeof two_n);
+    const Vec result = (p * r * r + r + 1.0f) * two_n;
+    const Vec zero_below = x < floor_x ? Vec{} : result;
+    return x == x ? zero_below : x;
+}
+
+// One (sequence, KV head) work item: its `group` query heads and where its keys and values are.
+struct GroupTask {
+    const float* q;          // [group, head_dim]
+    int64_t group;
+    const int32_t* blocks;   // the sequence's row of the block table
+    int64_t length;          // tokens to attend over
+    int64_t head_offset;     // kv_head * head_dim: the head's place in a token's row
+    float scale;
+    float* scratch;          // block_size scores rounded up to whole vectors + 2 * group statistics
+    float* out;              // [group, head_dim]
+};
+
+// The task's query heads attend over its tokens in one pass over the blocks with an online
+// softmax: a block's keys and values are read together and the next block is prefetched (decode
+// attention is bound by memory otherwise). Per query head and block: scores, the running maximum
+// and denominator, then the weighted values added to the output, all with head_dim / 16 vectors.
+template <int64_t kChunks>
+FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask& task) {
+    constexpr int64_t dim = kChunks * kLanes;
+    const int64_t block_size = cache.block_size;
+    const int64_t token_stride = cache.num_kv_heads * dim, block_stride = block_size * token_stride;
+    const int64_t num_blocks = (task.length + block_size - 1) / block_size;
+    const int64_t padded_block = (block_size + kLanes - 1) / kLanes * kLanes;
+    float* scores = task.scratch;
+    float* max_score = scores + padded_block;
+    float* denominator = max_score + task.group;
+    std::fill(max_score, max_score + task.group, -std::numeric_limits<float>::infinity());
+    std::fill(denominator, denominator + task.group, 0.0f);
+    std::fill(task.out, task.out + task.group * dim, 0.0f);
+
+    for (int64_t j = 0; j < num_blocks; ++j) {
+        const int64_t offset = static_cast<int64_t>(task.blocks[j]) * block_stride + task.head_offset;
+        const float* keys = cache.keys + offset;
+        const float* values = cache.values + offset;
+        const int64_t tokens = std::min(block_size, task.length - j * block_size);
+        if (j + 1 < num_blocks) {
+            const int64_t next = static_cast<int64_t>(task.blocks[j + 1]) * block_stride + task.head_offset;
+            const int64_t next_tokens = std::min(block_size, task.length - (j + 1) * block_size);
+            for (int64_t t = 0; t < next_tokens; ++t) {
+                for (int64_t d = 0; d < dim; d += kLanes) {
+                    __builtin_prefetch(cache.keys + next + t * token_stride + d);
+                    __builtin_prefetch(cache.values + next + t * token_stride + d);
+                }
+            }
+        }
+        for (int64_t g = 0; g < task.group; ++g) {
+            Vec query[kChunks];
+            for (int64_t c = 0; c < kChunks; ++c) query[c] = load(task.q + g * dim + c * kLanes);
+            for (int64_t t = 0; t < tokens; ++t) {
+                const float* key = keys + t * token_stride;
+                Vec dot = query[0] * load(key);
+                for (int64_t c = 1; c < kChunks; ++c) dot += query[c] * load(key + c * kLanes);
+                scores[t] = sum_lanes(dot) * task.scale;
+            }
+            // Whole vectors of scores: the tail past `tokens` is -inf, whose exp is 0.
+            std::fill(scores + tokens, scores + padded_block, -std::numeric_limits<float>::infinity());
+            Vec block_max = load(scores);
+            for (int64_t t = kLanes; t < padded_block; t += kLanes) {
+                const Vec more = load(scores + t);
+                block_max = more > block_max ? more : block_max;
+            }
+            // What was summed under the old maximum shrinks by exp(old - new); nothing on block 0.
+            const float new_max = std::max(max_lanes(block_max), max_score[g]);
+            const float rescale = j == 0 ? 0.0f : exp_nonpositive(broadcast(max_score[g] - new_max))[0];
+            max_score[g] = new_max;
+            Vec sums{};
+            for (int64_t t = 0; t < padded_block; t += kLanes) {
+                const Vec weights = exp_nonpositive(load(scores + t) - new_max);
+                store(scores + t, weights);
+                sums += weights;
+            }
+            const float sum = sum_lanes(sums);
+            denominator[g] = denominator[g] * rescale + sum;
+            float* out = task.out + g * dim;
+            Vec acc[kChunks];
+            for (int64_t c = 0; c < kChunks; ++c) acc[c] = load(out + c * kLanes) * rescale;
+            for (int64_t t = 0; t < tokens; ++t) {
+                const float* value = values + t * token_stride;
+                for (int64_t c = 0; c < kChunks; ++c) acc[c] += scores[t] * load(value + c * kLanes);
+            }
+            for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, acc[c]);
+        }
+    }
+    for (int64_t g = 0; g < task.group; ++g) {
+        const float inverse = 1.0f / denominator[g];
+        float* out = task.out + g * dim;
+        for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, load(out + c * kLanes) * inverse);
+    }
+}
+
+// One instance per head dim in kHeadDims (checked before any work starts).
+FASTLLM_VECTOR_CLONES
+void attend_group(const PagedCache& cache, const GroupTask& task) {
+    static_assert(sizeof kHeadDims / sizeof kHeadDims[0] == 6, "a head dim without a case below");
+    switch (cache.head_dim) {
+        case 32: return attend_group_fixed<2>(cache, task);
+        case 64: return attend_group_fixed<4>(cache, task);
+        case 80: return attend_group_fixed<5>(cache, task);
+        case 96: return attend_group_fixed<6>(cache, task);
+        case 128: return attend_group_fixed<8>(cache, task);
+        case 256: return attend_group_fixed<16>(cache, task);
+        default: return;
+    }
+}
+
+void check_lengths_and_blocks(const PagedCache& cache, int64_t batch, const int32_t* seqlens,
+                              const int32_t* block_table, int64_t table_width) {
+    const int64_t capacity = table_width * cache.block_size;
+    for (int64_t b = 0; b < batch; ++b) {
+        const int64_t length = seqlens[b];
+        if (length < 1 || length > capacity) {
+            throw std::invalid_argument("cache_seqlens[" + std::to_string(b) + "] = " + std::to_string(length) +
+                                        " is outside 1.." + std::to_string(capacity) +
+                                        " (block_table width x block_size)");
+        }
+        const int32_t* row = block_table + b * table_width;
+        for (int64_t j = 0; j < (length + cache.block_size - 1) / cache.block_size; ++j) {
+            if (row[j] < 0 || row[j] >= cache.num_blocks) {
+                throw std::invalid_argument("block_table[" + std::to_string(b) + ", " + std::to_string(j) +
+                                            "] = " + std::to_string(row[j]) + " is not a block of the cache (0.." +
+                                            std::to_string(cache.num_blocks - 1) + ")");
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, const PagedCache& cache,
+                            const int32_t* seqlens, const int32_t* block_table, int64_t table_width, float scale,
+                            size_t num_threads, float* out) {
+    if (cache.num_kv_heads < 1 || num_q_heads % cache.num_kv_heads != 0) {
+        throw std::invalid_argument("num_q_heads (" + std::to_string(num_q_heads) +
+                                    ") must be a multiple of num_kv_heads (" + std::to_string(cache.num_kv_heads) +
+                                    ")");
+    }
+    if (!supports_head_dim(cache.head_dim)) {
+        throw std::invalid_argument("head_dim " + std::to_string(cache.head_dim) +
+                                    " is not one of the kernel's (32, 64, 80, 96, 128, 256)");
+    }
+    check_lengths_and_blocks(cache, batch, seqlens, block_table, table_width);
+    const int64_t group = num_q_heads / cache.num_kv_heads, dim = cache.head_dim;
+    // Work items are (sequence, KV head) pairs, handed out one at a time. The threads are
+    // OpenMP's: this module links libgomp.so.1, the loader gives it the copy torch loaded, so the
+    // kernel runs on torch's own intra-op threads instead of competing with them for the cores.
+    const int64_t items = batch * cache.num_kv_heads;
+    const size_t scratch_size = static_cast<size_t>((cache.block_size + kLanes - 1) / kLanes * kLanes + 2 * group);
+#pragma omp parallel num_threads(static_cast<int>(num_threads))
+    {
+        std::vector<float> scratch(scratch_size);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < items; ++item) {
+            const int64_t b = item / cache.num_kv_heads, kv_head = item % cache.num_kv_heads;
+            const int64_t offset = (b * num_q_heads + kv_head * group) * dim;
+            attend_group(cache, GroupTask{q + offset, group, block_table + b * table_width, seqlens[b],
+                                          kv_head * dim, scale, scratch.data(), out + offset});
+        }
+    }
+}
+
+}  // namespace fastllm::cpu

@@ -1,0 +1,172 @@
+// C++ test driver for the CPU attention kernels (ctest; `make test` runs it under ASan + UBSan).
+// Python tests hold the kernel to the PyTorch reference; this driver runs it on caches allocated
+// to the exact float, so a read past a block or a sequence is caught by the sanitizer, and checks
+// it against a plain double-precision loop and its argument checks.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "cpu_attention.h"
+
+using namespace fastllm::cpu;
+
+namespace {
+
+int failures = 0;
+
+#define CHECK(condition)                                                                 \
+    do {                                                                                 \
+        if (!(condition)) {                                                              \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition); \
+            ++failures;                                                                  \
+        }                                                                                \
+    } while (0)
+
+struct Case {
+    int64_t num_q_heads, num_kv_heads, head_dim, block_size;
+    std::vector<int32_t> lengths;
+    std::vector<float> q, keys, values;
+    std::vector<int32_t> table;
+    int64_t table_width = 0, num_blocks = 0;
+
+    Case(int64_t q_heads, int64_t kv_heads, int64_t dim, int64_t block, std::vector<int32_t> lens, std::mt19937& rng)
+        : num_q_heads(q_heads), num_kv_heads(kv_heads), head_dim(dim), block_size(block), lengths(std::move(lens)) {
+        std::normal_distribution<float> normal;
+        for (const int32_t length : lengths) {
+            table_width = std::max<int64_t>(table_width, (length + block_size - 1) / block_size);
+            num_blocks += (length + block_size - 1) / block_size;
+        }
+        std::vector<int32_t> order(static_cast<size_t>(num_blocks));
+        for (int64_t i = 0; i < num_blocks; ++i) order[i] = static_cast<int32_t>(i);
+        std::shuffle(order.begin(), order.end(), rng);
+        table.assign(lengths.size() * table_width, 0);
+        size_t next = 0;
+        for (size_t b = 0; b < lengths.size(); ++b) {
+            for (int64_t j = 0; j < (lengths[b] + block_size - 1) / block_size; ++j) table[b * table_width + j] = order[next++];
+        }
+        const auto fill = [&](std::vector<float>& v, size_t n) {
+            v.resize(n);
+            for (float& x : v) x = normal(rng);
+        };
+        fill(q, lengths.size() * num_q_heads * head_dim);
+        fill(keys, num_blocks * block_size * num_kv_heads * head_dim);
+        fill(values, keys.size());
+    }
+
+    PagedCache cache() const {
+        return PagedCache{keys.data(), values.data(), num_blocks, block_size, num_kv_heads, head_dim};
+    }
+
+    std::vector<float> run(size_t num_threads) const {
+        std::vector<float> out(q.size());
+        paged_decode_attention(q.data(), static_cast<int64_t>(lengths.size()), num_q_heads, cache(), lengths.data(),
+                               table.data(), table_width, scale(), num_threads, out.data());
+        return out;
+    }
+
+    float scale() const { return 1.0f / std::sqrt(static_cast<float>(head_dim)); }
+
+    // Plain softmax(q k^T * scale) v per (sequence, query head), in double.
+    std::vector<double> reference() const {
+        std::vector<double> out(q.size());
+        const int64_t group = num_q_heads / num_kv_heads;
+        for (size_t b = 0; b < lengths.size(); ++b) {
+            for (int64_t h = 0; h < num_q_heads; ++h) {
+                const float* query = &q[(b * num_q_heads + h) * head_dim];
+                std::vector<double> scores(lengths[b]);
+                const auto row = [&](int64_t t) {
+                    const int64_t block = table[b * table_width + t / block_size];
+                    return ((block * block_size + t % block_size) * num_kv_heads + h / group) * head_dim;
+                };
+                double max = -INFINITY, sum = 0;
+                for (int64_t t = 0; t < lengths[b]; ++t) {
+                    double dot = 0;
+                    for (int64_t d = 0; d < head_dim; ++d) dot += double(query[d]) * keys[row(t) + d];
+                    scores[t] = dot * scale();
+                    max = std::max(max, scores[t]);
+                }
+                for (double& s : scores) sum += (s = std::exp(s - max));
+                for (int64_t t = 0; t < lengths[b]; ++t) {
+                    for (int64_t d = 0; d < head_dim; ++d) {
+                        out[(b * num_q_heads + h) * head_dim + d] += scores[t] / sum * values[row(t) + d];
+                    }
+                }
+            }
+        }
+        return out;
+    }
+};
+
+double max_error(const std::vector<float>& got, const std::vector<double>& expected) {
+    double error = 0;
+    for (size_t i = 0; i < got.size(); ++i) error = std::max(error, std::abs(got[i] - expected[i]));
+    return error;
+}
+
+void test_against_reference() {
+    std::mt19937 rng(1);
+    for (const int64_t dim : kHeadDims) {
+        for (const int64_t block : {1, 16, 24}) {
+            for (const auto& heads : {std::pair<int64_t, int64_t>{2, 2}, {9, 3}}) {
+                const int32_t b = static_cast<int32_t>(block);
+                const Case c(heads.first, heads.second, dim, block, {1, std::max(b - 1, 1), b, b + 1, 4 * b + 3}, rng);
+                const std::vector<double> expected = c.reference();
+                for (const size_t threads : {1, 3}) CHECK(max_error(c.run(threads), expected) < 1e-5);
+            }
+        }
+    }
+}
+
+template <class Call>
+bool throws_invalid_argument(Call call) {
+    try {
+        call();
+    } catch (const std::invalid_argument&) {
+        return true;
+    }
+    return false;
+}
+
+void test_invalid_arguments() {
+    std::mt19937 rng(2);
+    Case c(4, 2, 64, 16, {7, 30}, rng);
+    std::vector<float> out(c.q.size());
+    const auto call = [&](const PagedCache& cache, const int32_t* lengths, int64_t q_heads) {
+        return [&, lengths, q_heads] {
+            paged_decode_attention(c.q.data(), 2, q_heads, cache, lengths, c.table.data(), c.table_width, 1.0f, 2,
+                                   out.data());
+        };
+    };
+    const std::vector<int32_t> too_long{7, static_cast<int32_t>(c.table_width * 16 + 1)}, empty{0, 30};
+    CHECK(throws_invalid_argument(call(c.cache(), too_long.data(), 4)));
+    CHECK(throws_invalid_argument(call(c.cache(), empty.data(), 4)));
+    CHECK(throws_invalid_argument(call(c.cache(), c.lengths.data(), 3)));  // 3 query heads over 2 KV heads
+    PagedCache odd_dim = c.cache();
+    odd_dim.head_dim = 48;
+    CHECK(throws_invalid_argument(call(odd_dim, c.lengths.data(), 4)));
+    for (const int32_t bad : {-1, static_cast<int32_t>(c.num_blocks)}) {
+        c.table[1] = bad;  // the second block of the first sequence... which only has one: unread, accepted
+        CHECK(!throws_invalid_argument(call(c.cache(), c.lengths.data(), 4)));
+        c.table[c.table_width + 1] = bad;  // the second block of the second sequence (30 tokens: read)
+        CHECK(throws_invalid_argument(call(c.cache(), c.lengths.data(), 4)));
+        c.table[1] = c.table[c.table_width + 1] = 0;
+    }
+}
+
+}  // namespace
+
+int main() {
+    test_against_reference();
+    test_invalid_arguments();
+    if (failures) {
+        std::fprintf(stderr, "%d check(s) failed\n", failures);
+        return EXIT_FAILURE;
+    }
+    std::printf("cpu_attention_test: all checks passed\n");
+    return EXIT_SUCCESS;
+}

@@ -1,0 +1,144 @@
+"""backend="cpu": the C++ paged decode attention (fastllm._cpu_kernels) vs its float64 PyTorch twin.
+
+The kernel works in blocks of the paged cache with 16-float vectors, so lengths 1, block - 1,
+block, block + 1 and several blocks, block sizes 1, 16 and 24 (not a whole number of vectors),
+and every head dim it is built for cover its edges; thread counts 1, 2 and 3 cover the work split.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import assert_close, paged_cache
+
+from fastllm import _cpu_kernels
+from fastllm.kernels import cpu, reference
+from fastllm.model.backend import OP_NAMES, get_backend
+
+
+def _decode_case(num_q_heads, num_kv_heads, head_dim, block_size, lengths, seed, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    k_cache, v_cache, table = paged_cache(lengths, block_size, num_kv_heads, head_dim, dtype, generator)
+    q = torch.randn(len(lengths), num_q_heads, head_dim, generator=generator).to(dtype)
+    return q, k_cache, v_cache, torch.tensor(lengths, dtype=torch.int32), table
+
+
+def _reference(q, k_cache, v_cache, seqlens, table, softmax_scale=None):
+    return reference.paged_decode_attention(
+        q.double(), k_cache.double(), v_cache.double(), seqlens, table, softmax_scale=softmax_scale
+    )
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("head_dim", _cpu_kernels.head_dims)
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [(2, 2), (9, 3), (8, 2)])
+@pytest.mark.parametrize("block_size", [1, 16, 24])
+def test_paged_decode_attention_matches_the_reference(head_dim, num_q_heads, num_kv_heads, block_size):
+    lengths = [1, max(block_size - 1, 1), block_size, block_size + 1, 4 * block_size + 3]
+    case = _decode_case(num_q_heads, num_kv_heads, head_dim, block_size, lengths, seed=head_dim + block_size)
+    assert_close(cpu.paged_decode_attention(*case), _reference(*case), torch.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+def test_any_thread_count_gives_the_same_answer(threads):
+    case = _decode_case(12, 4, 64, 16, [3, 70, 16, 129, 1, 33, 48], seed=threads)
+    assert_close(cpu.paged_decode_attention(*case, softmax_scale=0.2), _reference(*case, softmax_scale=0.2),
+                 torch.float32)
+
+
+def test_peaked_scores_across_blocks():
+    # Scores up to hundreds apart: the online softmax rescales earlier blocks (and underflows
+    # most weights to 0) as a later block brings a larger maximum.
+    q, k_cache, v_cache, seqlens, table = _decode_case(4, 2, 64, 16, [5, 90, 200], seed=7)
+    q = q * 30
+    assert_close(cpu.paged_decode_attention(q, k_cache, v_cache, seqlens, table),
+                 _reference(q, k_cache, v_cache, seqlens, table), torch.float32)
+
+
+def test_nan_in_a_query_stays_in_its_heads():
+    q, k_cache, v_cache, seqlens, table = _decode_case(4, 2, 32, 16, [20, 20], seed=3)
+    q[1, 2, 5] = float("nan")
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, seqlens, table)
+    # Query heads 2 and 3 of sequence 1 share KV head 1; only head 2 saw the NaN.
+    assert torch.isnan(out[1, 2]).all() and not torch.isnan(out[1, 3]).any() and not torch.isnan(out[0]).any()
+
+
+def test_non_contiguous_queries():
+    q, k_cache, v_cache, seqlens, table = _decode_case(6, 2, 64, 16, [9, 40], seed=4)
+    wide = torch.randn(2, 6, 128)
+    wide[..., :64] = q
+    assert_close(cpu.paged_decode_attention(wide[..., :64], k_cache, v_cache, seqlens, table),
+                 _reference(q, k_cache, v_cache, seqlens, table), torch.float32)
+
+
+@pytest.mark.parametrize("case", ["float16", "head_dim 48", "strided cache"])
+def test_what_the_kernel_does_not_take_goes_to_the_reference(case):
+    dtype, head_dim = (torch.float16, 64) if case == "float16" else (torch.float32, 48 if case == "head_dim 48" else 64)
+    q, k_cache, v_cache, seqlens, table = _decode_case(4, 2, head_dim, 16, [7, 30], seed=5, dtype=dtype)
+    if case == "strided cache":
+        k_cache = torch.cat([k_cache, k_cache], dim=1)[:, ::2]
+        assert not k_cache.is_contiguous()
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, seqlens, table)
+    expected = reference.paged_decode_attention(q, k_cache, v_cache, seqlens, table)
+    assert out.dtype == dtype and torch.equal(out, expected)
+
+
+class TestBadInput:
+    def setup_method(self):
+        self.q, self.k_cache, self.v_cache, self.seqlens, self.table = _decode_case(4, 2, 64, 16, [7, 30], seed=6)
+
+    def call(self, seqlens=None, table=None):
+        return cpu.paged_decode_attention(
+            self.q, self.k_cache, self.v_cache,
+            self.seqlens if seqlens is None else seqlens, self.table if table is None else table,
+        )
+
+    def test_block_ids_outside_the_cache(self):
+        num_blocks = self.k_cache.shape[0]
+        for bad in (num_blocks, -1):
+            table = self.table.clone()
+            table[1, 1] = bad
+            with pytest.raises(ValueError, match=rf"block_table\[1, 1\] = {bad} is not a block of the cache"):
+                self.call(table=table)
+
+    def test_lengths_outside_the_table(self):
+        capacity = self.table.shape[1] * 16
+        for bad in (0, capacity + 1):
+            with pytest.raises(ValueError, match=rf"cache_seqlens\[0\] = {bad} is outside 1\.\.{capacity}"):
+                self.call(seqlens=torch.tensor([bad, 30], dtype=torch.int32))
+
+    def test_shapes_and_dtypes_are_checked_as_the_reference_does(self):
+        with pytest.raises(ValueError, match="cache_seqlens must have dtype"):
+            self.call(seqlens=self.seqlens.long())
+        with pytest.raises(ValueError, match="block_table must have 2 rows"):
+            self.call(table=self.table[:1])
+        with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+            cpu.paged_decode_attention([1.0], self.k_cache, self.v_cache, self.seqlens, self.table)
+
+    def test_the_binding_refuses_what_python_would_have_checked(self):
+        args = [t.numpy() for t in (self.q, self.k_cache, self.v_cache, self.seqlens, self.table)]
+        out = torch.empty_like(self.q).numpy()
+        with pytest.raises(ValueError, match="k_cache must be a C-contiguous 4-D array"):
+            _cpu_kernels.paged_decode_attention(args[0], args[1][:, ::2], args[2], *args[3:], 1.0, out, 1)
+        with pytest.raises(TypeError):  # float64 where float32 is expected: no silent copy
+            _cpu_kernels.paged_decode_attention(args[0].astype("float64"), *args[1:], 1.0, out, 1)
+        with pytest.raises(ValueError, match="head_dim 48 is not one of the kernel's"):
+            _cpu_kernels.paged_decode_attention(
+                args[0][..., :48].copy(), args[1][..., :48].copy(), args[2][..., :48].copy(), *args[3:], 1.0,
+                out[..., :48].copy(), 1,
+            )
+
+
+def test_cpu_backend_is_the_reference_with_native_decode_attention():
+    backend = get_backend("cpu")
+    assert backend.name == "cpu"
+    for op in OP_NAMES:
+        expected = cpu.paged_decode_attention if op == "paged_decode_attention" else getattr(reference, op)
+        assert getattr(backend, op) is expected
