@@ -114,6 +114,8 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
         const float* values = cache.values + offset;
         const int64_t tokens = std::min(block_size, task.length - j * block_size);
         if (j + 1 < num_blocks) {
+            // Written out here, not in a lambda: GCC deems a function that only prefetches pure
+            // and deletes the calls.
             const int64_t next = static_cast<int64_t>(task.blocks[j + 1]) * block_stride + task.head_offset;
             const int64_t next_tokens = std::min(block_size, task.length - (j + 1) * block_size);
             for (int64_t t = 0; t < next_tokens; ++t) {
@@ -225,7 +227,7 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     // kernel runs on torch's own intra-op threads instead of competing with them for the cores.
     const int64_t items = batch * cache.num_kv_heads;
     const size_t scratch_size = static_cast<size_t>((cache.block_size + kLanes - 1) / kLanes * kLanes + 2 * group);
-#pragma omp parallel num_threads(static_cast<int>(num_threads))
+#pragma omp parallel num_threads(static_cast<int>(std::max<size_t>(num_threads, 1)))
     {
         std::vector<float> scratch(scratch_size);
 #pragma omp for schedule(dynamic, 1)

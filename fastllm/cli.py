@@ -28,7 +28,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="GGUF file or HF folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
-    parser.add_argument("--backend", default="auto", help="auto, torch or triton (default: auto)")
+    parser.add_argument("--backend", default="auto", help="auto, torch, triton or cpu (default: auto)")
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
