@@ -57,8 +57,10 @@ def test_a_module_lacking_ops_is_rejected():
         Backend("partial", types.ModuleType("partial_ops"))
 
 
-@pytest.mark.parametrize(("name", "dim"), [("torch", 8), ("cpu", 32)])  # 32: a head dim the C++ kernel takes
-def test_attention_paths_agree_with_dense_causal_attention(name, dim):
+# 32: a head dim the C++ kernel takes. Its exp is a polynomial good to ~2 float32 ulps, so its
+# decode output (a weighted mean of O(1) values) can sit ~1e-6 from SDPA's: 1.07e-6 in 3,000 draws.
+@pytest.mark.parametrize(("name", "dim", "atol"), [("torch", 8, 1e-6), ("cpu", 32, 4e-6)])
+def test_attention_paths_agree_with_dense_causal_attention(name, dim, atol):
     """Prefill over new k/v, prefill over the paged cache (prefix hit), decode: all equal plain SDPA."""
     backend = get_backend(name)
     heads, kv_heads, block_size, length = 4, 2, 4, 11
@@ -91,4 +93,4 @@ def test_attention_paths_agree_with_dense_causal_attention(name, dim):
         ),
         0.3,
     )
-    torch.testing.assert_close(torch.cat([first, second, last]), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.cat([first, second, last]), expected, rtol=0, atol=atol)

@@ -30,6 +30,14 @@ def default_model(default_checkpoint):
     return model.eval()
 
 
+def assert_same_argmax(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Same greedy token per row, except where HF's top two logits are within float32 noise of
+    each other (fresh random prompts can land on such a near-tie; either token is right there)."""
+    top2 = expected.topk(2, dim=-1).values
+    decisive = top2[:, 0] - top2[:, 1] > 2 * LOGIT_ATOL
+    assert torch.equal(got.argmax(-1)[decisive], expected.argmax(-1)[decisive])
+
+
 def random_prompts(lengths: list[int], vocab_size: int) -> list[list[int]]:
     rng = random.Random()
     return [[rng.randrange(3, vocab_size) for _ in range(n)] for n in lengths]
@@ -62,7 +70,7 @@ def test_single_prompt_matches_hf(default_model, hf_default_model):
     expected, fed = hf_greedy(hf_default_model, prompt, steps=3)
     [got] = paged_logits(default_model, [prompt], [fed], block_size=16)
     torch.testing.assert_close(got, expected, rtol=0, atol=LOGIT_ATOL)
-    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert_same_argmax(got, expected)
 
 
 def test_packed_prefill_and_batched_decode_match_hf(default_model, hf_default_model):
@@ -71,7 +79,7 @@ def test_packed_prefill_and_batched_decode_match_hf(default_model, hf_default_mo
     got = paged_logits(default_model, prompts, [fed for _, fed in references], block_size=4)
     for prompt, (expected, _), logits in zip(prompts, references, got):
         torch.testing.assert_close(logits, expected, rtol=0, atol=LOGIT_ATOL, msg=f"prompt {prompt}")
-        assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+        assert_same_argmax(logits, expected)
 
 
 def _prefill_meta(lengths_q, lengths_k, slot_mapping, block_tables=None):
