@@ -9,6 +9,7 @@ Logits are computed only for the rows that sample.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from fastllm.engine.cuda_graphs import DecodeGraphs, graph_blocks_per_seq
@@ -23,6 +24,23 @@ def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.
     """Bytes one KV block takes across all layers (keys and values)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     return config.num_hidden_layers * 2 * block_size * config.num_key_value_heads * config.head_dim * itemsize
+
+
+def zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The KV pool, zeroed: attention reads whole blocks and masks the unused tail, and a NaN left
+    in memory would survive the mask (0 * NaN).
+
+    On a CPU the zeros come from calloc (through numpy), which for a large pool maps pages the OS
+    zeroes on first touch: start-up no longer writes the whole pool (0.6 s for the default 1 GiB
+    here), and a short session touches only the blocks it uses.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    count = 1
+    for size in shape:
+        count *= size
+    return torch.from_numpy(np.zeros(count * itemsize, dtype=np.uint8)).view(dtype).view(shape)
 
 
 def slots_of(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
@@ -61,12 +79,8 @@ class ModelRunner:
         self.sampler = sampler
         self.block_size = block_size
         self.device = model.device
-        # Zeroed, not empty: attention reads whole blocks and masks the unused tail, and a NaN
-        # left in memory would survive the mask (0 * NaN).
-        self.kv_cache = torch.zeros(
-            config.num_hidden_layers, 2, num_blocks, block_size, config.num_key_value_heads, config.head_dim,
-            dtype=model.dtype, device=self.device,
-        )
+        shape = (config.num_hidden_layers, 2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        self.kv_cache = zeroed_cache(shape, model.dtype, self.device)
         self.decode_graphs: DecodeGraphs | None = None
         if cuda_graph_max_batch is not None:
             width = graph_blocks_per_seq(max_model_len or config.max_position_embeddings, block_size, num_blocks)
