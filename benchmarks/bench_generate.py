@@ -8,8 +8,8 @@ same prompt token ids, greedy, ignoring EOS so every request makes exactly its t
              HF batches them with left padding, fastllm packs them (continuous batching).
 
 Throughput = generated tokens / wall time of the whole call (prefill included). fastllm runs
-its default CPU backend ("cpu": the PyTorch ops with decode attention in C++) with prefix
-caching off, so repeated rounds do not get cache hits; the prompts share no prefix.
+its default CPU backend ("cpu": the PyTorch ops, decode attention, RMSNorm and rotary in C++)
+with prefix caching off, so repeated rounds do not get cache hits; the prompts share no prefix.
 The two libraries alternate round by round so that load drifts on a shared machine hit both.
 
     python -m benchmarks.bench_generate            # side-by-side table + benchmarks/results/generate.json

@@ -64,7 +64,8 @@ class LLM:
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
         dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16" or "float16".
         backend: "auto" (triton on CUDA, cpu on a CPU), "torch" (the PyTorch reference ops),
-            "triton" (the Triton kernels) or "cpu" (the reference ops with decode attention in C++).
+            "triton" (the Triton kernels) or "cpu" (the reference ops with C++ decode attention,
+            RMSNorm and rotary).
         block_size: tokens per KV cache block (a power of two).
         num_kv_blocks: KV pool size in blocks; None = sized from memory: `gpu_memory_utilization`
             of the free GPU memory, or 1 GiB on CPU.

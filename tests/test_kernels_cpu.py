@@ -1,8 +1,10 @@
-"""backend="cpu": the C++ paged decode attention (fastllm._cpu_kernels) vs its float64 PyTorch twin.
+"""backend="cpu": the C++ kernels (fastllm._cpu_kernels) vs their PyTorch twins.
 
-The kernel works in blocks of the paged cache with 16-float vectors, so lengths 1, block - 1,
-block, block + 1 and several blocks, block sizes 1, 16 and 24 (not a whole number of vectors),
-and every head dim it is built for cover its edges; thread counts 1, 2 and 3 cover the work split.
+Decode attention works in blocks of the paged cache with 16-float vectors, so lengths 1,
+block - 1, block, block + 1 and several blocks, block sizes 1, 16 and 24 (not a whole number of
+vectors), and every head dim it is built for cover its edges; thread counts 1, 2 and 3 cover the
+work split. RMSNorm and rotary run on the calling thread below 65,536 floats and on the pool
+above, so both sizes are tested; rotary must equal its twin bit for bit.
 """
 
 from __future__ import annotations
@@ -136,9 +138,62 @@ class TestBadInput:
             )
 
 
-def test_cpu_backend_is_the_reference_with_native_decode_attention():
+@pytest.mark.parametrize(("rows", "hidden"), [(1, 24), (7, 576), (300, 1000)])
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_rms_norms_match_the_reference(rows, hidden, threads):
+    generator = torch.Generator().manual_seed(rows + hidden)
+    wide = torch.randn(rows, hidden + 8, generator=generator)
+    x = wide[:, 3 : 3 + hidden]  # rows with a stride: what a slice of a fused projection gives
+    residual = torch.randn(rows, hidden, generator=generator)
+    weight = torch.randn(hidden, generator=generator)
+    assert_close(cpu.rms_norm(x, weight, 1e-5), reference.rms_norm(x.double(), weight.double(), 1e-5).float(),
+                 torch.float32)
+    normed, summed = cpu.fused_add_rms_norm(x, residual, weight, 1e-6)
+    expected, _ = reference.fused_add_rms_norm(x.double(), residual.double(), weight.double(), 1e-6)
+    assert torch.equal(summed, x + residual)
+    assert_close(normed, expected.float(), torch.float32)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 700])
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_rotary_equals_the_reference_bit_for_bit(tokens, threads):
+    generator = torch.Generator().manual_seed(tokens)
+    qkv = torch.randn(tokens, (6 + 2 + 2) * 64, generator=generator)
+    q, k = qkv[:, : 6 * 64].view(tokens, 6, 64), qkv[:, 6 * 64 : 8 * 64].view(tokens, 2, 64)  # strided views
+    positions = torch.randint(0, 4096, (tokens,), generator=generator, dtype=torch.int32)
+    cos, sin = torch.randn(4096, 32, generator=generator), torch.randn(4096, 32, generator=generator)
+    got, expected = cpu.rotary_embedding(q, k, positions, cos, sin), reference.rotary_embedding(q, k, positions, cos, sin)
+    assert all(g.is_contiguous() and torch.equal(g, e) for g, e in zip(got, expected))
+
+
+def test_rotary_refuses_positions_outside_its_tables():
+    q, k, cos = torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(16, 4)
+    for bad in (16, -1):
+        with pytest.raises(ValueError, match=rf"positions\[2\] = {bad} is outside the rotary tables' 0\.\.15"):
+            cpu.rotary_embedding(q, k, torch.tensor([0, 1, bad]), cos, cos)
+
+
+@pytest.mark.parametrize("case", ["float16", "3-D", "float64 weight"])
+def test_norms_and_rotary_the_kernels_do_not_take_go_to_the_reference(case):
+    x = torch.randn(2, 3, 16) if case == "3-D" else torch.randn(6, 16, dtype=torch.float16 if case == "float16" else None)
+    weight = torch.randn(16, dtype=torch.float64 if case == "float64 weight" else x.dtype)
+    assert torch.equal(cpu.rms_norm(x, weight, 1e-5), reference.rms_norm(x, weight, 1e-5))
+    for got, expected in zip(cpu.fused_add_rms_norm(x, x, weight, 1e-5), reference.fused_add_rms_norm(x, x, weight, 1e-5)):
+        assert torch.equal(got, expected)
+    if case == "float16":
+        q, cos = torch.randn(4, 2, 8, dtype=torch.float16), torch.randn(10, 4)
+        for got, expected in zip(cpu.rotary_embedding(q, q, torch.arange(4), cos, cos),
+                                 reference.rotary_embedding(q, q, torch.arange(4), cos, cos)):
+            assert torch.equal(got, expected)
+
+
+NATIVE_OPS = ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_embedding")
+
+
+def test_cpu_backend_is_the_reference_with_native_ops():
     backend = get_backend("cpu")
     assert backend.name == "cpu"
     for op in OP_NAMES:
-        expected = cpu.paged_decode_attention if op == "paged_decode_attention" else getattr(reference, op)
+        expected = getattr(cpu, op) if op in NATIVE_OPS else getattr(reference, op)
         assert getattr(backend, op) is expected
+    assert all(getattr(cpu, op) is not getattr(reference, op) for op in NATIVE_OPS)

@@ -1,12 +1,16 @@
-"""backend="cpu": the PyTorch ops of `fastllm.kernels.reference`, with decode attention in C++.
+"""backend="cpu": the PyTorch ops of `fastllm.kernels.reference`, with C++ kernels where they pay.
 
-On a CPU the reference decode attention spends most of its time gathering every sequence's
-cache blocks into one padded tensor for SDPA. `fastllm._cpu_kernels` (csrc/cpu_attention.cpp)
-reads the blocks where they are: one pass per (sequence, KV head) with an online softmax, on
-torch's own intra-op threads. It takes float32 CPU tensors, contiguous caches and the head dims
-of Llama-family models (`_cpu_kernels.head_dims`), which is what the engine runs on a CPU;
-anything else goes to the reference op, so this module accepts every input the reference does.
-The other ops are the reference's.
+- `paged_decode_attention`: the reference spends most of its time gathering every sequence's
+  cache blocks into one padded tensor for SDPA; the kernel (csrc/cpu_attention.cpp) reads the
+  blocks where they are, one pass per (sequence, KV head) with an online softmax.
+- `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`: at decode sizes the reference is mostly
+  per-op overhead (several PyTorch calls each); the kernels (csrc/cpu_elementwise.cpp) make one
+  pass and compute each element as the reference does.
+
+All run on torch's own intra-op threads. They take float32 CPU tensors (and, for attention,
+contiguous caches and the head dims of Llama-family models, `_cpu_kernels.head_dims`): what the
+engine runs on a CPU. Anything else goes to the reference op, so this module accepts every input
+the reference does. The other ops are the reference's.
 """
 
 from __future__ import annotations
@@ -15,17 +19,8 @@ import torch
 
 from fastllm import _cpu_kernels
 from fastllm.kernels import reference
-from fastllm.kernels._checks import check_paged_decode, check_softmax_scale
-from fastllm.kernels.reference import (
-    fused_add_rms_norm,
-    rms_norm,
-    rotary_embedding,
-    sample,
-    silu_and_mul,
-    softmax,
-    store_kv_cache,
-    varlen_attention,
-)
+from fastllm.kernels._checks import check_paged_decode, check_rms_norm, check_rotary, check_softmax_scale
+from fastllm.kernels.reference import sample, silu_and_mul, softmax, store_kv_cache, varlen_attention
 
 __all__ = [
     "fused_add_rms_norm",
@@ -40,10 +35,66 @@ __all__ = [
 ]
 
 
+def _float32_cpu(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _rows(x: torch.Tensor) -> bool:
+    """A 2-D tensor whose rows are contiguous (what the C++ RMSNorm reads)."""
+    return x.dim() == 2 and x.stride(-1) == 1
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`fastllm.kernels.reference.rms_norm`, in C++ for float32 CPU rows [T, H]."""
+    check_rms_norm(x, weight, eps)
+    if not (_float32_cpu(x, weight) and _rows(x)):
+        return reference.rms_norm(x, weight, eps)
+    out = torch.empty(x.shape, dtype=x.dtype)
+    _cpu_kernels.rms_norm(x.numpy(), None, weight.contiguous().numpy(), eps, None, out.numpy(), torch.get_num_threads())
+    return out
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fastllm.kernels.reference.fused_add_rms_norm`, in C++ for float32 CPU rows [T, H]."""
+    check_rms_norm(x, weight, eps, residual)
+    if not (_float32_cpu(x, residual, weight) and _rows(x) and _rows(residual)):
+        return reference.fused_add_rms_norm(x, residual, weight, eps)
+    out, summed = torch.empty((2, *x.shape), dtype=x.dtype)  # one allocation for both
+    _cpu_kernels.rms_norm(
+        x.numpy(), residual.numpy(), weight.contiguous().numpy(), eps, summed.numpy(), out.numpy(),
+        torch.get_num_threads(),
+    )
+    return out, summed
+
+
+def rotary_embedding(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fastllm.kernels.reference.rotary_embedding`, in C++ for float32 CPU tensors."""
+    check_rotary(q, k, positions, cos_cache, sin_cache)
+    if not _float32_cpu(q, k, cos_cache, sin_cache):
+        return reference.rotary_embedding(q, k, positions, cos_cache, sin_cache)
+    tokens, head_dim = q.shape[0], q.shape[-1]
+    # One allocation for both outputs: at decode sizes allocations are a good part of the cost.
+    out = torch.empty(tokens * (q.shape[1] + k.shape[1]) * head_dim, dtype=q.dtype)
+    out_q = out[: q.numel()].view(q.shape)
+    out_k = out[q.numel() :].view(k.shape)
+    _cpu_kernels.rotary_embedding(
+        q.numpy(), k.numpy(), positions.to(torch.int64).contiguous().numpy(), cos_cache.contiguous().numpy(),
+        sin_cache.contiguous().numpy(), out_q.numpy(), out_k.numpy(), torch.get_num_threads(),
+    )
+    return out_q, out_k
+
+
 def _native_decode_applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     return (
-        q.device.type == "cpu"
-        and q.dtype == torch.float32
+        _float32_cpu(q)
         and q.shape[-1] in _cpu_kernels.head_dims
         and k_cache.is_contiguous()
         and v_cache.is_contiguous()

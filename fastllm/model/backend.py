@@ -2,7 +2,7 @@
 
 `get_backend("torch")` wraps `fastllm.kernels.reference` (plain PyTorch, any device);
 `get_backend("triton")` wraps `fastllm.kernels` (Triton, CUDA or TRITON_INTERPRET=1);
-`get_backend("cpu")` wraps `fastllm.kernels.cpu` (the PyTorch ops with decode attention in C++).
+`get_backend("cpu")` wraps `fastllm.kernels.cpu` (the PyTorch ops, some of them in C++).
 The modules expose the same function names and signatures, so the model never knows which it runs.
 """
 

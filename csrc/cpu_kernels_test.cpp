@@ -1,7 +1,7 @@
-// C++ test driver for the CPU attention kernels (ctest; `make test` runs it under ASan + UBSan).
-// Python tests hold the kernel to the PyTorch reference; this driver runs it on caches allocated
-// to the exact float, so a read past a block or a sequence is caught by the sanitizer, and checks
-// it against a plain double-precision loop and its argument checks.
+// C++ test driver for the CPU kernels (ctest; `make test` runs it under ASan + UBSan). Python
+// tests hold the kernels to their PyTorch twins; this driver runs them on buffers allocated to the
+// exact float, so a read past a block, a sequence or a row is caught by the sanitizer, and checks
+// them against plain double-precision loops and their argument checks.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu_attention.h"
+#include "cpu_elementwise.h"
 
 using namespace fastllm::cpu;
 
@@ -158,15 +159,81 @@ void test_invalid_arguments() {
     }
 }
 
+std::vector<float> random_floats(size_t count, std::mt19937& rng) {
+    std::normal_distribution<float> normal;
+    std::vector<float> values(count);
+    for (float& x : values) x = normal(rng);
+    return values;
+}
+
+void test_rms_norm() {
+    std::mt19937 rng(3);
+    for (const int64_t rows : {1, 5, 200}) {  // 200 x 577 floats: the threaded path
+        const int64_t dim = 577, stride = dim + 3;
+        const std::vector<float> x = random_floats(static_cast<size_t>((rows - 1) * stride + dim), rng);
+        const std::vector<float> residual = random_floats(static_cast<size_t>(rows * dim), rng);
+        const std::vector<float> weight = random_floats(static_cast<size_t>(dim), rng);
+        std::vector<float> summed(residual.size()), out(residual.size());
+        rms_norm(x.data(), stride, residual.data(), dim, rows, dim, weight.data(), 1e-5f, summed.data(), out.data(), 2);
+        double worst = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+            double squares = 0;
+            for (int64_t i = 0; i < dim; ++i) {
+                const double value = double(x[r * stride + i]) + residual[r * dim + i];
+                CHECK(summed[r * dim + i] == x[r * stride + i] + residual[r * dim + i]);
+                squares += value * value;
+            }
+            const double inverse = 1.0 / std::sqrt(squares / dim + 1e-5);
+            for (int64_t i = 0; i < dim; ++i) {
+                const double expected = (double(x[r * stride + i]) + residual[r * dim + i]) * inverse * weight[i];
+                worst = std::max(worst, std::abs(out[r * dim + i] - expected));
+            }
+        }
+        CHECK(worst < 1e-4);
+    }
+}
+
+void test_rotary_embedding() {
+    std::mt19937 rng(4);
+    const int64_t tokens = 300, heads = 5, dim = 64, max_position = 50, token_stride = heads * dim + 7;
+    const std::vector<float> x = random_floats(static_cast<size_t>((tokens - 1) * token_stride + heads * dim), rng);
+    const std::vector<float> cos = random_floats(static_cast<size_t>(max_position * dim / 2), rng);
+    const std::vector<float> sin = random_floats(cos.size(), rng);
+    std::vector<int64_t> positions(tokens);
+    for (int64_t t = 0; t < tokens; ++t) positions[t] = static_cast<int64_t>(rng() % max_position);
+    std::vector<float> out(static_cast<size_t>(tokens * heads * dim));
+    rotary_embedding(x.data(), tokens, heads, dim, token_stride, dim, positions.data(), cos.data(), sin.data(),
+                     max_position, out.data(), 2);
+    double worst = 0;
+    for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t h = 0; h < heads; ++h) {
+            for (int64_t i = 0; i < dim / 2; ++i) {
+                const double x1 = x[t * token_stride + h * dim + i], x2 = x[t * token_stride + h * dim + i + dim / 2];
+                const double c = cos[positions[t] * dim / 2 + i], s = sin[positions[t] * dim / 2 + i];
+                worst = std::max(worst, std::abs(out[(t * heads + h) * dim + i] - (x1 * c - x2 * s)));
+                worst = std::max(worst, std::abs(out[(t * heads + h) * dim + i + dim / 2] - (x2 * c + x1 * s)));
+            }
+        }
+    }
+    CHECK(worst < 1e-5);
+    positions[7] = max_position;
+    CHECK(throws_invalid_argument([&] {
+        rotary_embedding(x.data(), tokens, heads, dim, token_stride, dim, positions.data(), cos.data(), sin.data(),
+                         max_position, out.data(), 2);
+    }));
+}
+
 }  // namespace
 
 int main() {
     test_against_reference();
     test_invalid_arguments();
+    test_rms_norm();
+    test_rotary_embedding();
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return EXIT_FAILURE;
     }
-    std::printf("cpu_attention_test: all checks passed\n");
+    std::printf("cpu_kernels_test: all checks passed\n");
     return EXIT_SUCCESS;
 }
