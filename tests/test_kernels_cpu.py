@@ -187,6 +187,17 @@ def test_norms_and_rotary_the_kernels_do_not_take_go_to_the_reference(case):
             assert torch.equal(got, expected)
 
 
+def test_tensors_that_require_grad_go_to_the_reference_and_keep_their_graph():
+    x = torch.randn(3, 16, requires_grad=True)
+    weight = torch.randn(16)
+    cpu.rms_norm(x, weight, 1e-5).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    q, k_cache, v_cache, seqlens, table = _decode_case(4, 2, 64, 16, [7, 30], seed=8)
+    q.requires_grad_()
+    out = cpu.paged_decode_attention(q, k_cache, v_cache, seqlens, table)
+    assert out.requires_grad
+
+
 NATIVE_OPS = ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_embedding")
 
 

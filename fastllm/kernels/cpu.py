@@ -36,7 +36,9 @@ __all__ = [
 
 
 def _float32_cpu(*tensors: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    """Float32 CPU tensors outside autograd: what the kernels take (they read the memory through
+    NumPy, which refuses tensors that require grad; the reference ops keep the graph)."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors)
 
 
 def _rows(x: torch.Tensor) -> bool:
@@ -94,7 +96,7 @@ def rotary_embedding(
 
 def _native_decode_applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     return (
-        _float32_cpu(q)
+        _float32_cpu(q, k_cache, v_cache)
         and q.shape[-1] in _cpu_kernels.head_dims
         and k_cache.is_contiguous()
         and v_cache.is_contiguous()
