@@ -13,20 +13,12 @@
 
 #include "cpu_attention.h"
 #include "cpu_elementwise.h"
+#include "test_checks.h"
 
 using namespace fastllm::cpu;
+using fastllm::testing::throws_invalid_argument;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(condition)                                                                 \
-    do {                                                                                 \
-        if (!(condition)) {                                                              \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition); \
-            ++failures;                                                                  \
-        }                                                                                \
-    } while (0)
 
 struct Case {
     int64_t num_q_heads, num_kv_heads, head_dim, block_size;
@@ -121,16 +113,6 @@ void test_against_reference() {
             }
         }
     }
-}
-
-template <class Call>
-bool throws_invalid_argument(Call call) {
-    try {
-        call();
-    } catch (const std::invalid_argument&) {
-        return true;
-    }
-    return false;
 }
 
 void test_invalid_arguments() {
@@ -230,10 +212,5 @@ int main() {
     test_invalid_arguments();
     test_rms_norm();
     test_rotary_embedding();
-    if (failures) {
-        std::fprintf(stderr, "%d check(s) failed\n", failures);
-        return EXIT_FAILURE;
-    }
-    std::printf("cpu_kernels_test: all checks passed\n");
-    return EXIT_SUCCESS;
+    return fastllm::testing::report("cpu_kernels_test");
 }

@@ -11,21 +11,14 @@
 
 #include "byte_level.h"
 #include "pretokenizer.h"
+#include "test_checks.h"
 #include "tokenizer.h"
 
 using namespace fastllm;
+using testing::failures;
+using testing::throws_invalid_argument;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(condition)                                                       \
-    do {                                                                       \
-        if (!(condition)) {                                                    \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition); \
-            ++failures;                                                        \
-        }                                                                      \
-    } while (0)
 
 std::vector<std::string> split(PreTokenizer mode, const std::string& text) {
     std::vector<std::string> pieces;
@@ -210,13 +203,7 @@ void test_invalid_input() {
     const Tokenizer tokenizer(spec);
     const uint32_t bad[] = {0, uint32_t(tokenizer.vocab_size())};
     std::string out;
-    bool threw = false;
-    try {
-        tokenizer.decode(bad, 2, false, out);
-    } catch (const std::invalid_argument&) {
-        threw = true;
-    }
-    CHECK(threw);
+    CHECK(throws_invalid_argument([&] { tokenizer.decode(bad, 2, false, out); }));
     for (int t = 0; t < 300; ++t) {  // arbitrary bytes, every mode
         std::string text(rng() % 64, '\0');
         for (auto& c : text) c = static_cast<char>(rng());
@@ -230,13 +217,7 @@ void test_invalid_input() {
     }
     TokenizerSpec broken = spec;
     broken.merges.emplace_back("no such", "token");
-    threw = false;
-    try {
-        Tokenizer{broken};
-    } catch (const std::invalid_argument&) {
-        threw = true;
-    }
-    CHECK(threw);
+    CHECK(throws_invalid_argument([&] { Tokenizer{broken}; }));
 }
 
 void test_unknown_bytes() {
@@ -291,10 +272,5 @@ int main() {
     test_invalid_input();
     test_unknown_bytes();
     test_batch();
-    if (failures) {
-        std::fprintf(stderr, "%d check(s) failed\n", failures);
-        return EXIT_FAILURE;
-    }
-    std::printf("tokenizer_test: all checks passed\n");
-    return EXIT_SUCCESS;
+    return testing::report("tokenizer_test");
 }
