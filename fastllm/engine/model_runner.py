@@ -9,6 +9,8 @@ Logits are computed only for the rows that sample.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -22,8 +24,7 @@ from fastllm.model.llama import LlamaForCausalLM
 
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes one KV block takes across all layers (keys and values)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return config.num_hidden_layers * 2 * block_size * config.num_key_value_heads * config.head_dim * itemsize
+    return config.num_hidden_layers * 2 * block_size * config.num_key_value_heads * config.head_dim * dtype.itemsize
 
 
 def zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -36,11 +37,7 @@ def zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     """
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    count = 1
-    for size in shape:
-        count *= size
-    return torch.from_numpy(np.zeros(count * itemsize, dtype=np.uint8)).view(dtype).view(shape)
+    return torch.from_numpy(np.zeros(math.prod(shape) * dtype.itemsize, dtype=np.uint8)).view(dtype).view(shape)
 
 
 def slots_of(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
