@@ -9,8 +9,9 @@
 
 All run on torch's own intra-op threads. They take float32 CPU tensors (and, for attention,
 contiguous caches and the head dims of Llama-family models, `_cpu_kernels.head_dims`): what the
-engine runs on a CPU. Anything else goes to the reference op, so this module accepts every input
-the reference does. The other ops are the reference's.
+engine runs on a CPU. Anything else goes to the reference op (which checks it), so this module
+accepts every input the reference does and raises the same errors; arguments are checked once
+on either path. The other ops are the reference's.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ __all__ = [
 ]
 
 
-def _float32_cpu(*tensors: torch.Tensor) -> bool:
+def _float32_cpu(*tensors: object) -> bool:
     """Float32 CPU tensors outside autograd: what the kernels take (they read the memory through
-    NumPy, which refuses tensors that require grad; the reference ops keep the graph)."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad for t in tensors)
+    NumPy, which refuses tensors that require grad; the reference ops keep the graph). Anything
+    else, non-tensors included, is False: the reference op then reports it."""
+    return all(
+        isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad
+        for t in tensors
+    )
 
 
 def _rows(x: torch.Tensor) -> bool:
@@ -48,9 +53,9 @@ def _rows(x: torch.Tensor) -> bool:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`fastllm.kernels.reference.rms_norm`, in C++ for float32 CPU rows [T, H]."""
-    check_rms_norm(x, weight, eps)
     if not (_float32_cpu(x, weight) and _rows(x)):
         return reference.rms_norm(x, weight, eps)
+    check_rms_norm(x, weight, eps)
     out = torch.empty(x.shape, dtype=x.dtype)
     _cpu_kernels.rms_norm(x.numpy(), None, weight.contiguous().numpy(), eps, None, out.numpy(), torch.get_num_threads())
     return out
@@ -60,9 +65,9 @@ def fused_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`fastllm.kernels.reference.fused_add_rms_norm`, in C++ for float32 CPU rows [T, H]."""
-    check_rms_norm(x, weight, eps, residual)
     if not (_float32_cpu(x, residual, weight) and _rows(x) and _rows(residual)):
         return reference.fused_add_rms_norm(x, residual, weight, eps)
+    check_rms_norm(x, weight, eps, residual)
     out, summed = torch.empty((2, *x.shape), dtype=x.dtype)  # one allocation for both
     _cpu_kernels.rms_norm(
         x.numpy(), residual.numpy(), weight.contiguous().numpy(), eps, summed.numpy(), out.numpy(),
@@ -79,9 +84,9 @@ def rotary_embedding(
     sin_cache: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`fastllm.kernels.reference.rotary_embedding`, in C++ for float32 CPU tensors."""
-    check_rotary(q, k, positions, cos_cache, sin_cache)
     if not _float32_cpu(q, k, cos_cache, sin_cache):
         return reference.rotary_embedding(q, k, positions, cos_cache, sin_cache)
+    check_rotary(q, k, positions, cos_cache, sin_cache)
     tokens, head_dim = q.shape[0], q.shape[-1]
     # One allocation for both outputs: at decode sizes allocations are a good part of the cost.
     out = torch.empty(tokens * (q.shape[1] + k.shape[1]) * head_dim, dtype=q.dtype)
@@ -97,6 +102,7 @@ def rotary_embedding(
 def _native_decode_applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     return (
         _float32_cpu(q, k_cache, v_cache)
+        and q.dim() == 3
         and q.shape[-1] in _cpu_kernels.head_dims
         and k_cache.is_contiguous()
         and v_cache.is_contiguous()
@@ -117,11 +123,11 @@ def paged_decode_attention(
     q: [B, Hq, D]; caches: [num_blocks, block_size, Hkv, D]; cache_seqlens: int32 [B] (1 up to
     the table's capacity); block_table: int32 [B, max_blocks]. Returns [B, Hq, D].
     """
-    check_paged_decode(q, k_cache, v_cache, cache_seqlens, block_table)
     if not _native_decode_applies(q, k_cache, v_cache):
         return reference.paged_decode_attention(
             q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale=softmax_scale
         )
+    check_paged_decode(q, k_cache, v_cache, cache_seqlens, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
     q = q.contiguous()
     out = torch.empty_like(q)
