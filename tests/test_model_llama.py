@@ -12,10 +12,11 @@ from fastllm.loader.default_model import default_model_path
 from fastllm.model import AttentionMetadata, LlamaForCausalLM, get_backend
 from llama_testing import hf_greedy, paged_logits, random_weights, tiny_config
 
-# Worst |logit difference| seen against HF on CPU float32 is ~2e-4 on logits of magnitude ~20
-# (fastllm's oneDNN matmuls and HF's MKL ones sum in different orders); a real bug moves logits
-# by orders of magnitude more.
-LOGIT_ATOL = 1e-3
+# |logit difference| against HF on CPU float32, logits of magnitude 20-35 (fastllm's oneDNN
+# matmuls and HF's MKL ones sum in different orders): over 300 random prompts of 1-31 tokens,
+# median 6.4e-5, worst 8.6e-4, and CI once met 1.28e-3 (the first position of a 2-token prompt:
+# short prompts carry the tail). A real bug moves logits by 1e-1 or more (bfloat16 alone does).
+LOGIT_ATOL = 5e-3
 
 
 @pytest.fixture(scope="module")
