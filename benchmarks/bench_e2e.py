@@ -8,19 +8,26 @@ speed does not depend on their values and nothing is downloaded. Two shapes: Smo
 a Llama-3.2-1B-like shape. Side by side in one process, one engine alive at a time:
 
     fastllm-triton  LLM(backend="triton"): Triton kernels, CUDA-graph decode (CUDA only)
-    fastllm-torch   LLM(backend="torch"): the plain PyTorch reference ops, eager
     hf              transformers' LlamaForCausalLM.generate over static batches (left padded;
                     a batch runs until its longest request is done), on the same weights
+    fastllm-torch   LLM(backend="torch"): the plain PyTorch reference ops, eager
 
 Per engine: output and total (prompt + output) tokens/s over the run's wall time, time to first
 token and time per output token (mean, median, p99 over requests); output tokens/s against the
 batch size (B requests of fixed lengths); batch-1 decode step time, set against its floor:
 (weight bytes + KV bytes read per step) / the measured copy bandwidth.
 
+With a time budget (`--budget-s`, or `run(deadline=...)` as the GPU check does) the engines run
+in the order above, each only with ENGINE_MIN_S left, and each part stops when time is up: HF's
+generate stops at the deadline (its tokens so far are counted, and the run is marked
+`stopped_early`), and fastllm-torch runs on the first 16, then 64, then all requests while the
+time left allows, compared with fastllm-triton on the same requests.
+
 On a CPU everything is scaled down (tiny shapes, a few short requests) and labelled so, the
 triton backend is skipped (the Triton interpreter is far too slow), and floors are not reported.
 
     python -m benchmarks.bench_e2e [--out FILE] [--shapes NAME ...] [--engines NAME ...] [--hf-batch-size N]
+                                   [--budget-s SECONDS]
 """
 
 from __future__ import annotations
@@ -37,14 +44,19 @@ from typing import Any
 import torch
 
 from fastllm import LLM, SamplingParams
-from fastllm.engine.llm_engine import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from fastllm.engine.model_runner import kv_cache_bytes_per_block
 from fastllm.model import LlamaForCausalLM, ModelConfig, get_backend
 from fastllm.model.weights import LM_HEAD, llama_weight_shapes
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-ENGINES = ("fastllm-triton", "fastllm-torch", "hf")
+ENGINES = ("fastllm-triton", "hf", "fastllm-torch")  # with a time budget, the most wanted first
+# With a time budget: fastllm-torch runs on the first 16, 64, ... requests while time allows, and
+# fastllm-triton on the same ones to compare with (the full workload is the last rung).
+REQUEST_LADDER = (16, 64)
+# With a time budget, an engine starts (and fastllm-torch takes its first rung) only with this many
+# seconds left: a build, a warm-up and ~1000 decode steps of the longest request take that long.
+ENGINE_MIN_S = 30.0
 INIT_STD = 0.02  # HF's initializer_range
 
 SHAPES = {
@@ -211,11 +223,17 @@ class FastllmRunner:
         self.llm = llm
 
     def run(self, requests: list[tuple[list[int], int]]) -> dict[str, Any]:
+        """The report also names the kernel variants Triton compiled during the run (none, when warm)."""
+        from fastllm.kernels._runtime import compiled_variants
+
         params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for _, n in requests]
+        compiled_before = compiled_variants()
         _synchronize()
         start = time.perf_counter()
         outputs = self.llm.generate([p for p, _ in requests], params, use_tqdm=False)
         wall = time.perf_counter() - start
+        compiled = {k: n - compiled_before.get(k, 0) for k, n in compiled_variants().items()
+                    if n != compiled_before.get(k, 0)}
         for output, (_, n) in zip(outputs, requests):
             if len(output.token_ids) != n:
                 raise RuntimeError(f"fastllm made {len(output.token_ids)} tokens for a request of {n}")
@@ -225,23 +243,30 @@ class FastllmRunner:
             (m.finished_time - m.first_token_time) / (len(o.token_ids) - 1)
             for m, o in zip(metrics, outputs) if len(o.token_ids) > 1
         ]
-        return _report(requests, wall, ttft, tpot)
+        return {**_report(requests, wall, ttft, tpot), "kernels_compiled_during_run": compiled}
 
 
 class HFRunner:
-    """transformers generate over static batches of `batch_size` requests, in request order."""
+    """transformers generate over static batches of `batch_size` requests, in request order.
 
-    def __init__(self, model: torch.nn.Module, batch_size: int) -> None:
+    With a `deadline` (time.perf_counter seconds) generation stops when it passes: the report then
+    counts the tokens made so far (at most each request's length) and says where it stopped.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, deadline: float | None = None) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.deadline = deadline
 
     @torch.inference_mode()
     def run(self, requests: list[tuple[list[int], int]]) -> dict[str, Any]:
         from transformers import GenerationConfig, LogitsProcessorList
 
         size = self.batch_size
+        done: list[tuple[list[int], int]] = []  # (prompt, tokens made) of the requests run
         ttft: list[float] = []
         tpot: list[float] = []
+        stopped_early = None
         _synchronize()
         start = time.perf_counter()
         for first in range(0, len(requests), size):
@@ -251,19 +276,29 @@ class HFRunner:
             input_ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in batch], device=DEVICE)  # left padding
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in batch], device=DEVICE)
             first_token = _FirstTokenClock()
-            config = GenerationConfig(do_sample=False, max_new_tokens=steps, eos_token_id=None, pad_token_id=0)
+            time_left = None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
+            config = GenerationConfig(do_sample=False, max_new_tokens=steps, eos_token_id=None, pad_token_id=0,
+                                      max_time=time_left)
             out = self.model.generate(
                 input_ids, attention_mask=mask, generation_config=config,
                 logits_processor=LogitsProcessorList([first_token]),
             )
             _synchronize()
             end = time.perf_counter()
-            if out.shape[1] != width + steps:
-                raise RuntimeError(f"HF made {out.shape[1] - width} tokens for a batch asking {steps}")
+            made = out.shape[1] - width
+            if made != steps and time_left is None:
+                raise RuntimeError(f"HF made {made} tokens for a batch asking {steps}")
+            done += [(p, min(n, made)) for p, n in batch]
             ttft += [first_token.time - start] * len(batch)
             # Every step of the batch makes one token per request: the step time is each one's TPOT.
-            tpot += [(end - first_token.time) / (steps - 1)] * len(batch) if steps > 1 else []
-        return _report(requests, time.perf_counter() - start, ttft, tpot)
+            tpot += [(end - first_token.time) / (made - 1)] * len(batch) if made > 1 else []
+            if made != steps:
+                stopped_early = {"reason": "time budget", "batch": first // size, "steps": made, "of_steps": steps}
+                break
+        report = _report(done, time.perf_counter() - start, ttft, tpot)
+        if stopped_early is not None:
+            report["stopped_early"] = stopped_early
+        return report
 
 
 class _FirstTokenClock:
@@ -288,9 +323,11 @@ def _free_memory() -> None:
 Runner = FastllmRunner | HFRunner
 
 
-def _engine_runner(engine: str, config: ModelConfig, weights: dict[str, torch.Tensor], settings: Settings) -> Runner:
+def engine_runner(
+    engine: str, config: ModelConfig, weights: dict[str, torch.Tensor], settings: Settings, deadline: float | None = None
+) -> Runner:
     if engine == "hf":
-        return HFRunner(hf_model(config, weights, settings.dtype), settings.hf_batch_size)
+        return HFRunner(hf_model(config, weights, settings.dtype), settings.hf_batch_size, deadline)
     return FastllmRunner(fastllm_llm(config, weights, engine.removeprefix("fastllm-"), settings))
 
 
@@ -308,32 +345,96 @@ def _fixed_requests(count: int, lengths: tuple[int, int], vocab_size: int, seed:
 def _at_batch_size(runner: Runner, size: int) -> Runner:
     """HF batches statically: a sweep point of B requests is one batch of B. fastllm batches all
     the requests it is given continuously (max_num_seqs covers the largest point)."""
-    return HFRunner(runner.model, size) if isinstance(runner, HFRunner) else runner
+    return HFRunner(runner.model, size, runner.deadline) if isinstance(runner, HFRunner) else runner
 
 
-def _warm_up(runner: Runner, settings: Settings, vocab_size: int) -> None:
-    """Compile and allocate before timing. On a GPU, fastllm gets prompts past a step's token
-    budget, which makes the scheduler chunk a prefill: its paged prefill kernels compile here too."""
-    count = 2
-    if isinstance(runner, FastllmRunner) and ON_GPU:
-        count = DEFAULT_MAX_NUM_BATCHED_TOKENS // settings.workload.max_len + 2
-    runner.run(_fixed_requests(count, (settings.workload.max_len, 4), vocab_size, seed=99))
+def warm_up_requests(budget: int, max_running: int, max_len: int, vocab_size: int) -> list[tuple[list[int], int]]:
+    """Warm-up requests one of whose prefills the scheduler must chunk: prompts of a length that
+    does not divide the step's token budget, one more than a step holds (when that many may run
+    at once; else two, which chunk nothing)."""
+    length = max_len if budget % max_len else max_len - 1
+    count = budget // length + 1
+    return _fixed_requests(count if count <= max_running else 2, (length, 4), vocab_size, seed=99)
 
 
-def run_engine(engine: str, config: ModelConfig, weights: dict[str, torch.Tensor], settings: Settings) -> dict[str, Any]:
-    """The workload, the batch-size sweep and the batch-1 run on one engine (built, run, freed)."""
+def warm_up(runner: Runner, settings: Settings, vocab_size: int) -> None:
+    """Compile and allocate before timing.
+
+    fastllm takes every path of the workload here: contiguous prefills, a prefill chunked by the
+    step's token budget and a prefill from a prefix-cache hit (a warm-up prompt again), whose keys
+    are read through the block table (the paged variant of the prefill kernel), and decode
+    steps. The prefix hit alone reaches the paged variant whatever the budget.
+    """
+    if isinstance(runner, HFRunner):
+        runner.run(_fixed_requests(2, (settings.workload.max_len, 4), vocab_size, seed=99))
+        return
+    scheduler = runner.llm.engine.scheduler
+    requests = warm_up_requests(scheduler.max_num_batched_tokens, scheduler.max_running, settings.workload.max_len,
+                                vocab_size)
+    runner.run(requests)
+    runner.run(requests[:1])
+
+
+def _time_left(deadline: float | None) -> float:
+    return float("inf") if deadline is None else deadline - time.perf_counter()
+
+
+def _workloads(engine: str, runner: Runner, requests: list[tuple[list[int], int]],
+               deadline: float | None) -> dict[str, Any]:
+    """The workload's runs: all requests, and with a deadline its first-n rungs (fastllm only).
+
+    fastllm-torch climbs the ladder while the time left holds the next rung at the last rung's
+    rate of requests per second (continuous batching makes larger rungs cheaper per request, so
+    this errs on the safe side; the first rung needs ENGINE_MIN_S); fastllm-triton runs every
+    rung, to be compared with.
+    """
+    result: dict[str, Any] = {}
+    if deadline is None or engine == "hf":
+        result["workload"] = runner.run(requests)
+        return result
+    subsets: dict[str, Any] = {}
+    seconds_per_request = 0.0
+    for count in (*REQUEST_LADDER, len(requests)):
+        count = min(count, len(requests))
+        predicted = count * seconds_per_request if seconds_per_request else ENGINE_MIN_S
+        if engine == "fastllm-torch" and predicted > _time_left(deadline):
+            result["stopped_early"] = {"reason": "time budget", "ran_requests": max(map(int, subsets), default=0),
+                                       "of_requests": len(requests)}
+            break
+        report = runner.run(requests[:count])
+        seconds_per_request = report["wall_s"] / count
+        if count == len(requests):
+            result["workload"] = report
+            break
+        subsets[str(count)] = report
+    result["subsets"] = subsets
+    return result
+
+
+def run_engine(
+    engine: str, config: ModelConfig, weights: dict[str, torch.Tensor], settings: Settings,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """The workload, the batch-1 run and the batch-size sweep on one engine (built, run, freed).
+
+    With a deadline, the batch-1 run and each sweep point run only while time is left.
+    """
     runner = None
     try:
-        runner = _engine_runner(engine, config, weights, settings)
-        _warm_up(runner, settings, config.vocab_size)
-        result = {"workload": runner.run(settings.workload.requests(config.vocab_size, seed=0))}
+        runner = engine_runner(engine, config, weights, settings, deadline)
+        warm_up(runner, settings, config.vocab_size)
+        result = _workloads(engine, runner, settings.workload.requests(config.vocab_size, seed=0), deadline)
+        if _time_left(deadline) > 0:
+            batch1 = runner.run(_fixed_requests(1, settings.batch1_lengths, config.vocab_size, seed=1000))
+            if batch1["tpot_s"] is not None:  # None: HF stopped at the deadline after one token
+                result["batch1_decode_step_s"] = batch1["tpot_s"]["median"]
         sweep = {}
         for size in settings.sweep_batch_sizes:
+            if _time_left(deadline) <= 0:
+                break
             requests = _fixed_requests(size, settings.sweep_lengths, config.vocab_size, seed=size)
             sweep[str(size)] = _at_batch_size(runner, size).run(requests)["output_tokens_per_s"]
         result["output_tokens_per_s_by_batch_size"] = sweep
-        batch1 = runner.run(_fixed_requests(1, settings.batch1_lengths, config.vocab_size, seed=1000))
-        result["batch1_decode_step_s"] = batch1["tpot_s"]["median"]
         return result
     except torch.cuda.OutOfMemoryError as exc:  # a baseline that cannot hold the workload is a result, not a crash
         return {"skipped": f"out of GPU memory: {exc}".splitlines()[0]}
@@ -351,20 +452,33 @@ def batch1_floor(config: ModelConfig, settings: Settings, copy_bytes_per_s: floa
     return {"weight_bytes": weight, "kv_bytes": kv, "mean_context": context, "floor_s": (weight + kv) / copy_bytes_per_s}
 
 
-def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
-    if "workload" not in a or "workload" not in b:
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """a's output throughput over b's, on the full workload if both ran it, else on the most
+    requests both ran (the first n of the workload)."""
+    def runs(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        found = {int(n): r for n, r in result.get("subsets", {}).items()}
+        if "workload" in result:
+            found[result["workload"]["requests"]] = result["workload"]
+        return found
+
+    common = runs(a).keys() & runs(b).keys()
+    if not common:
         return None
-    return a["workload"]["output_tokens_per_s"] / b["workload"]["output_tokens_per_s"]
+    count = max(common)
+    return {"ratio": runs(a)[count]["output_tokens_per_s"] / runs(b)[count]["output_tokens_per_s"], "requests": count}
 
 
 def run_shape(
-    name: str, config: ModelConfig, settings: Settings, copy_bytes_per_s: float | None, engine_names: list[str]
+    name: str, config: ModelConfig, settings: Settings, copy_bytes_per_s: float | None, engine_names: list[str],
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     weights = random_weights(config, seed=0, dtype=settings.dtype, device=DEVICE)
     engines: dict[str, Any] = {}
     for engine in ENGINES:
         reason = skip_reason(engine) or (None if engine in engine_names else "not selected (--engines)")
-        engines[engine] = {"skipped": reason} if reason else run_engine(engine, config, weights, settings)
+        if reason is None and _time_left(deadline) < ENGINE_MIN_S:
+            reason = f"time budget: less than {ENGINE_MIN_S:.0f} s left when it could start"
+        engines[engine] = {"skipped": reason} if reason else run_engine(engine, config, weights, settings, deadline)
         print(f"  {name} {engine}: {_one_line(engines[engine])}", flush=True)
     del weights
     _free_memory()
@@ -391,10 +505,17 @@ def run_shape(
 def _one_line(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"skipped ({result['skipped']})"
-    w = result["workload"]
-    return (f"{w['output_tokens_per_s']:.1f} output tok/s, {w['total_tokens_per_s']:.1f} total tok/s, "
-            f"TTFT {w['ttft_s']['mean']:.3f} s, TPOT {1e3 * w['tpot_s']['mean']:.2f} ms, "
-            f"batch-1 step {1e3 * result['batch1_decode_step_s']:.2f} ms")
+    parts = []
+    if "workload" in result:
+        w = result["workload"]
+        parts.append(f"{w['output_tokens_per_s']:.1f} output tok/s, {w['total_tokens_per_s']:.1f} total tok/s, "
+                     f"TTFT {w['ttft_s']['mean']:.3f} s, TPOT {1e3 * w['tpot_s']['mean']:.2f} ms"
+                     + (" (stopped early: time budget)" if "stopped_early" in w else ""))
+    for count, subset in result.get("subsets", {}).items():
+        parts.append(f"first {count} requests {subset['output_tokens_per_s']:.1f} output tok/s")
+    if "batch1_decode_step_s" in result:
+        parts.append(f"batch-1 step {1e3 * result['batch1_decode_step_s']:.2f} ms")
+    return ", ".join(parts) or "nothing ran within the time budget"
 
 
 def run(
@@ -403,8 +524,12 @@ def run(
     shapes: list[str] | None = None,
     engines: list[str] | None = None,
     settings: Settings | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
-    """The end-to-end suite: full sizes on CUDA, scaled down on a CPU (copy_bytes_per_s None: no floors)."""
+    """The end-to-end suite: full sizes on CUDA, scaled down on a CPU (copy_bytes_per_s None: no floors).
+
+    deadline: time.perf_counter() seconds by which to stop (module docstring); None runs everything.
+    """
     settings = settings or (GPU_SETTINGS if ON_GPU else CPU_SETTINGS)
     table = TINY_SHAPES if settings.scaled_down else SHAPES
     names = shapes or list(table)
@@ -425,7 +550,8 @@ def run(
                   "output_len": settings.sweep_lengths[1]},
         "batch1": {"prompt_len": settings.batch1_lengths[0], "output_len": settings.batch1_lengths[1]},
         "hf_static_batch_size": settings.hf_batch_size,
-        "shapes": {name: run_shape(name, table[name], settings, copy_bytes_per_s, engines) for name in names},
+        "time_budget": deadline is not None,
+        "shapes": {name: run_shape(name, table[name], settings, copy_bytes_per_s, engines, deadline) for name in names},
     }
 
 
@@ -435,14 +561,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="model shapes to run (default all)")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, help="engines to run (default all)")
     parser.add_argument("--hf-batch-size", type=int, help="HF static batch size (default: all requests in one batch)")
+    parser.add_argument("--budget-s", type=float, help="stop each part when this many seconds have passed (default: none)")
     args = parser.parse_args(argv)
+    if args.budget_s is not None and args.budget_s <= 0:
+        parser.error(f"--budget-s must be > 0, got {args.budget_s}")
+    deadline = None if args.budget_s is None else time.perf_counter() + args.budget_s
     settings = GPU_SETTINGS if ON_GPU else CPU_SETTINGS
     if args.hf_batch_size is not None:
         if args.hf_batch_size < 1:
             parser.error(f"--hf-batch-size must be >= 1, got {args.hf_batch_size}")
         settings = replace(settings, hf_batch_size=args.hf_batch_size)
     copy_bytes_per_s = measure_copy_bytes_per_s() if ON_GPU else None
-    report = run(copy_bytes_per_s, shapes=args.shapes, engines=args.engines, settings=settings)
+    report = run(copy_bytes_per_s, shapes=args.shapes, engines=args.engines, settings=settings, deadline=deadline)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Kernel benchmark: correctness against float64, then timings beside PyTorch baselines and ceilings.
 
-    python benchmarks/bench_kernels.py [--out FILE] [--only NAME ...]
+    python benchmarks/bench_kernels.py [--out FILE] [--only NAME ...]    (NAME: a case, or attention_variants)
 
 On a CUDA GPU, for bf16 and fp16: each Triton kernel is checked against its float64 PyTorch twin
 (`fastllm.kernels.reference`) on a moderate shape, then timed with `triton.testing.do_bench`
@@ -10,6 +10,10 @@ writes it (sampling), and the eager PyTorch reference for the fused small ops. T
 ceilings are measured in the same run, a large device-to-device copy (bandwidth) and a large
 bf16 matmul (tensor-core throughput), and each result reports its fraction of them. Results go
 to benchmarks/results/<date>-<device>-kernels.json.
+
+Besides the timed cases, every attention variant the engine launches (prefill over packed and
+paged K/V, decode split and unsplit, head dims 64/128/256) is checked against float64 in bf16,
+fp16 and float32 (`check_attention_variants`).
 
 Without a GPU the script sets TRITON_INTERPRET=1 and runs tiny float16 shapes on the CPU so that
 every code path is exercised; those timings are meaningless, labelled so, and not written to a
@@ -21,11 +25,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -56,16 +60,13 @@ def _randn(*shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) 
 
 
 def _median_ms(fn: Callable[[], object]) -> float:
-    """Median milliseconds per call: do_bench on the GPU, a plain wall clock in the interpreter."""
+    """Median milliseconds per call: do_bench on the GPU; in the interpreter, whose timings mean
+    nothing (and which compiles nothing to warm up), one wall-clock run, to exercise the path."""
     if ON_GPU:
         return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    start = time.perf_counter()
     fn()
-    samples = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return (time.perf_counter() - start) * 1e3
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -386,6 +387,14 @@ def _sampling_case(name: str, top_k: int, top_p: float) -> Case:
     )
 
 
+# The case that stands for each headline kernel in summaries (benchmarks.run, gpu_check).
+HEADLINE_CASES = {
+    "prefill_attention": "prefill_attention_causal_8k_h128_gqa4",
+    "paged_decode_attention": "paged_decode_b64_ctx4k_gqa8",
+    "softmax": "softmax",
+    "sampling": "sample_top_k_top_p_b128_v128k",
+}
+
 CASES = [
     SOFTMAX,
     FUSED_ADD_RMS_NORM,
@@ -399,6 +408,160 @@ CASES = [
     _sampling_case("sample_top_p_b128_v128k", 0, 0.9),
     _sampling_case("sample_top_k_top_p_b128_v128k", 50, 0.9),
 ]
+
+
+# attention variants -------------------------------------------------------------------------------
+# Every variant the engine launches, on fresh random inputs against float64: prefill over packed
+# K/V (plain prompts) and through the block table (chunked prefill, prefix-cache hits), paged
+# decode split over the context (few sequences) and unsplit (enough of them to fill the GPU),
+# each at head dims 64, 128 and 256. The timed cases above cover one shape each.
+
+VARIANTS_CASE = "attention_variants"  # its name for --only
+VARIANT_HEAD_DIMS = (64, 128, 256)
+VARIANT_DTYPES = (torch.bfloat16, torch.float16, torch.float32) if ON_GPU else (torch.float16, torch.float32)
+# float32 attention takes IEEE products (fastllm.kernels._runtime.DOT_PRECISION); TF32 ones
+# would land near 3e-4.
+VARIANT_TOLERANCE = {**TOLERANCE, torch.float32: 2e-5}
+VARIANT_HEADS = (8, 2)  # query and KV heads: GQA 4, as in the Llama-3.2-1B shape
+KV_BLOCK = 16
+# Per variant, GPU and interpreter sizes: (new query tokens, cached + new keys) per sequence for
+# prefill; context lengths for decode. Paged prefill: a chunk after 400 cached tokens, one token
+# after 32, 60 after a 200-token prefix hit. Decode: two long sequences split, 80 unsplit.
+PREFILL_LENGTHS = {
+    "prefill_contiguous": (([1000, 37, 300], [1000, 37, 300]), ([40, 17], [40, 17])),
+    "prefill_paged": (([300, 1, 60], [700, 33, 260]), ([24, 1], [40, 17])),
+}
+DECODE_CONTEXTS = {
+    "decode_split": ([3000, 4100], [200]),
+    "decode_unsplit": ([1 + 7 * i for i in range(80)], [1, 15, 16, 33]),
+}
+
+
+def _paged_kv(lengths: list[int], num_kv_heads: int, head_dim: int,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random K/V caches whose blocks go to the sequences in a shuffled order; each table row is
+    one block wider than its sequence needs (pointing at a spare block)."""
+    blocks = [-(-n // KV_BLOCK) for n in lengths]
+    order = torch.randperm(sum(blocks) + 1).to(torch.int32)
+    table = torch.full((len(lengths), max(blocks) + 1), int(order[-1]), dtype=torch.int32)
+    for row, (first, count) in enumerate(zip([0, *itertools.accumulate(blocks)], blocks)):
+        table[row, :count] = order[first : first + count]
+    shape = (sum(blocks) + 1, KV_BLOCK, num_kv_heads, head_dim)
+    return _randn(*shape, dtype=dtype), _randn(*shape, dtype=dtype), table.to(DEVICE)
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=DEVICE)
+
+
+def _poisoned(run: Callable[[], torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """run() after freeing a NaN-filled block of its output's size, which the caching allocator
+    most likely hands to the kernel's output: an element the kernel fails to write stays NaN."""
+    poison = torch.full_like(like, float("nan"))
+    del poison
+    return run()
+
+
+def _prefill_variant(name: str, head_dim: int, dtype: torch.dtype) -> dict[str, Any]:
+    lengths_q, lengths_k = PREFILL_LENGTHS[name][0 if ON_GPU else 1]
+    q_heads, kv_heads = VARIANT_HEADS
+    q = _randn(sum(lengths_q), q_heads, head_dim, dtype=dtype)
+    cu_q, cu_k = _cu(lengths_q), _cu(lengths_k)
+    if name == "prefill_paged":
+        k, v, table = _paged_kv(lengths_k, kv_heads, head_dim, dtype)
+    else:
+        k, v = (_randn(sum(lengths_k), kv_heads, head_dim, dtype=dtype) for _ in range(2))
+        table = None
+    out = _poisoned(lambda: kernels.varlen_attention(
+        q, k, v, cu_q, cu_k, causal=True, block_table=table, max_seqlen_q=max(lengths_q),
+        max_seqlen_k=max(lengths_k)), q)
+    ref = reference.varlen_attention(q.double(), k.double(), v.double(), cu_q, cu_k, causal=True, block_table=table)
+    return {"error": _relative_error(out, ref), "query_lengths": lengths_q, "key_lengths": lengths_k}
+
+
+def _decode_variant(name: str, head_dim: int, dtype: torch.dtype) -> dict[str, Any]:
+    from fastllm.kernels.decode_attention import decode_splits
+
+    contexts = DECODE_CONTEXTS[name][0 if ON_GPU else 1]
+    q_heads, kv_heads = VARIANT_HEADS if ON_GPU else (4, 1)  # the interpreter's nominal 4 SMs: 1 KV head
+    q = _randn(len(contexts), q_heads, head_dim, dtype=dtype)
+    k_cache, v_cache, table = _paged_kv(contexts, kv_heads, head_dim, dtype)
+    seqlens = torch.tensor(contexts, dtype=torch.int32, device=DEVICE)
+    splits = decode_splits(q, k_cache, table)
+    out = _poisoned(lambda: kernels.paged_decode_attention(q, k_cache, v_cache, seqlens, table), q)
+    ref = reference.paged_decode_attention(q.double(), k_cache.double(), v_cache.double(), seqlens, table)
+    result: dict[str, Any] = {"error": _relative_error(out, ref), "contexts": len(contexts),
+                              "max_context": max(contexts), "num_splits": splits}
+    if (splits > 1) != (name == "decode_split"):  # the heuristic moved: this check no longer covers its path
+        result["wrong_path"] = f"{name} ran with {splits} split(s)"
+    return result
+
+
+VARIANTS: dict[str, Callable[[str, int, torch.dtype], dict[str, Any]]] = {
+    "prefill_contiguous": _prefill_variant,
+    "prefill_paged": _prefill_variant,
+    "decode_split": _decode_variant,
+    "decode_unsplit": _decode_variant,
+}
+
+
+def check_variant(name: str, head_dim: int, dtype: torch.dtype) -> dict[str, Any]:
+    """One variant on fresh inputs: its relative error against float64, and whether it passes."""
+    tolerance = VARIANT_TOLERANCE[dtype]
+    result = {"variant": name, "head_dim": head_dim, "dtype": str(dtype).removeprefix("torch."),
+              **VARIANTS[name](name, head_dim, dtype), "tolerance": tolerance}
+    result["passed"] = result["error"] <= tolerance and "wrong_path" not in result  # NaN fails
+    return result
+
+
+def check_attention_variants(deadline: float | None = None) -> dict[str, Any]:
+    """Every variant in every dtype (the model's first), each printed as it comes; with a deadline
+    (time.perf_counter seconds) the ones left when it passes are listed as not run."""
+    results: list[dict[str, Any]] = []
+    not_run: list[str] = []
+    for dtype in VARIANT_DTYPES:
+        for head_dim in VARIANT_HEAD_DIMS:
+            for name in VARIANTS:
+                label = f"{name} d{head_dim} {str(dtype).removeprefix('torch.')}"
+                if deadline is not None and time.perf_counter() > deadline:
+                    not_run.append(label)
+                    continue
+                results.append(check_variant(name, head_dim, dtype))
+                r = results[-1]
+                print(f"{label:<36} {'ok ' if r['passed'] else 'FAIL'} (error {r['error']:.1e}, "
+                      f"tolerance {r['tolerance']:.0e}){'  ' + r['wrong_path'] if 'wrong_path' in r else ''}",
+                      flush=True)
+    return {"results": results, "not_run": not_run, "passed": all(r["passed"] for r in results) and not not_run}
+
+
+def decode_recompiles(head_dim: int = 64, dtype: torch.dtype = DTYPES[0]) -> dict[str, Any]:
+    """One sequence whose context grows from 16 tokens past the point where decode splits most,
+    as in eager decode: how many splits each step takes, and how many kernel variants Triton
+    compiled after the first step (on the GPU; the interpreter compiles nothing)."""
+    from fastllm.kernels._runtime import compiled_variants
+    from fastllm.kernels.decode_attention import decode_splits
+
+    contexts = [16 << i for i in range(11 if ON_GPU else 6)]  # 16 .. 16384 (GPU), .. 512 (interpreter)
+    q_heads, kv_heads = VARIANT_HEADS
+    q = _randn(1, q_heads, head_dim, dtype=dtype)
+    k_cache, v_cache, _ = _paged_kv([contexts[-1]], kv_heads, head_dim, dtype)
+    splits, after_first = [], None
+    for context in contexts:
+        table = torch.arange(-(-context // KV_BLOCK), dtype=torch.int32, device=DEVICE).unsqueeze(0)
+        splits.append(decode_splits(q, k_cache, table))
+        kernels.paged_decode_attention(q, k_cache, v_cache, torch.tensor([context], dtype=torch.int32, device=DEVICE),
+                                       table)
+        after_first = after_first if after_first is not None else compiled_variants()
+    compiled = compiled_variants()
+    result: dict[str, Any] = {"contexts": contexts, "num_splits": splits}
+    if ON_GPU:
+        grown = {k: n - after_first.get(k, 0) for k, n in compiled.items() if n != after_first.get(k, 0)}
+        result.update(compiled_after_first_step=grown, passed=not grown)
+    else:
+        result.update(compiled_after_first_step=None, passed=True,
+                      note="the interpreter compiles nothing: tests/test_kernels_attention.py counts the variants "
+                           "compiled for sm_90")
+    return result
 
 
 # runner -------------------------------------------------------------------------------------------
@@ -476,11 +639,13 @@ def _format(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="JSON file to write (default on a GPU: benchmarks/results/<date>-<device>-kernels.json)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only the cases whose name contains one of these")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help=f"run only the cases whose name contains one of these ({VARIANTS_CASE}: the attention variants)")
     args = parser.parse_args(argv)
     cases = [c for c in CASES if not args.only or any(part in c.name for part in args.only)]
-    if not cases:
-        parser.error(f"--only matched no case; cases: {', '.join(c.name for c in CASES)}")
+    with_variants = not args.only or any(part in VARIANTS_CASE for part in args.only)
+    if not cases and not with_variants:
+        parser.error(f"--only matched no case; cases: {', '.join(c.name for c in CASES)}, {VARIANTS_CASE}")
 
     torch.manual_seed(0)
     device = _device_name()
@@ -490,6 +655,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{device}: copy {ceilings['copy_tb_per_s']:.2f} TB/s, {ceilings['matmul_dtype']} matmul "
           f"{ceilings['matmul_tflop_per_s']:.1f} TFLOP/s")
     results = run_cases(cases, ceilings)
+    variants = check_attention_variants() if with_variants else None
 
     now = datetime.datetime.now(datetime.timezone.utc)
     report = {
@@ -499,21 +665,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "timings_meaningful": ON_GPU,
         "versions": versions(),
         "timing": "triton.testing.do_bench median (warmup 25 ms, rep 100 ms)" if ON_GPU
-        else "median of 3 wall-clock runs in the Triton interpreter",
+        else "one wall-clock run in the Triton interpreter",
         "ceilings": ceilings,
         "results": results,
     }
+    if variants is not None:
+        report["variants"] = variants
     out = args.out or (RESULTS_DIR / f"{now:%Y-%m-%d}-{_slug(device)}-kernels.json" if ON_GPU else None)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
     failed = [f"{r['kernel']} ({r['dtype']})" for r in results if not r["check"]["passed"]]
+    failed += [f"{r['variant']} d{r['head_dim']} ({r['dtype']})" for r in (variants or {}).get("results", [])
+               if not r["passed"]]
     if failed:
         print(f"correctness check FAILED: {', '.join(failed)}", file=sys.stderr)
     return report
 
 
+def passed(report: dict[str, Any]) -> bool:
+    """Every timed case's check and, when they ran, every attention variant's."""
+    return all(r["check"]["passed"] for r in report["results"]) and report.get("variants", {"passed": True})["passed"]
+
+
 if __name__ == "__main__":
-    report = main()
-    sys.exit(1 if any(not r["check"]["passed"] for r in report["results"]) else 0)
+    sys.exit(0 if passed(main()) else 1)

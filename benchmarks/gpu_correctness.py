@@ -6,7 +6,10 @@
   backend's float32 logits (max error relative to the largest |logit|, top-1 agreement). The
   triton backend passes when its error is at most twice the reference path's own bf16 error.
 
-    python -m benchmarks.gpu_correctness          (CUDA only; `python -m benchmarks.run` includes it)
+    python -m benchmarks.gpu_correctness     (CUDA only; `python -m benchmarks.run --suites correctness`)
+
+It needs the C++ tokenizer (to encode the prompts) and the default model: `benchmarks.run`
+records it as skipped where either is missing.
 """
 
 from __future__ import annotations

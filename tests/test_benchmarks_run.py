@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_e2e, run
+from benchmarks import bench_e2e, bench_kernels, run
 
 SUMMARY_KEYS = {"prefill_attention", "paged_decode_attention", "softmax", "sampling", "generate"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,11 @@ def test_runner_covers_every_suite(results) -> None:
             assert list(engines[name]["output_tokens_per_s_by_batch_size"]) == ["1", "2", "4"]
         assert "skipped" in shape["batch1_floor"]
     assert report["tokenizer"]["megabytes_per_s"]["fastllm"]["single"] > 0
-    assert "skipped" in report["correctness"]
+    variants = report["kernels"]["variants"]
+    assert variants["passed"] and not variants["not_run"]
+    assert {(r["variant"], r["head_dim"]) for r in variants["results"]} == {
+        (name, d) for name in bench_kernels.VARIANTS for d in (64, 128, 256)}
+    assert "correctness" not in report  # only when asked for
 
 
 def test_runner_draws_the_plots(results) -> None:
@@ -96,7 +100,9 @@ def test_summary_says_why_a_suite_is_missing() -> None:
 
 
 def test_gpu_correctness_problems_are_recorded_not_raised(monkeypatch) -> None:
-    """On a GPU the checks run last: a missing default model or a crash must not lose the report."""
+    """A missing C++ tokenizer or default model, or a crash, must not lose the other suites' results."""
+    import sys
+
     import fastllm
     from benchmarks import gpu_correctness
 
@@ -116,6 +122,138 @@ def test_gpu_correctness_problems_are_recorded_not_raised(monkeypatch) -> None:
     monkeypatch.setattr(fastllm, "default_model_path", missing)
     result = run.run_correctness()
     assert result["passed"] and "not installed" in result["skipped"]
+
+    import benchmarks
+
+    monkeypatch.delattr(benchmarks, "gpu_correctness")
+    monkeypatch.setitem(sys.modules, "benchmarks.gpu_correctness", None)  # its import fails (no C++ tokenizer)
+    result = run.run_correctness()
+    assert result["passed"] and "gpu_correctness" in result["skipped"]
+
+
+def test_each_suite_is_written_as_it_ends(tmp_path: Path, monkeypatch) -> None:
+    """A run that dies in a later suite keeps the results file of the suites before it."""
+    monkeypatch.setattr(run, "run_kernels", lambda ceilings: {"results": [], "sweeps": []})
+
+    def crash(*args, **kwargs) -> dict:
+        raise RuntimeError("killed midway")
+
+    monkeypatch.setattr(run.bench_e2e, "run", crash)
+    with pytest.raises(RuntimeError, match="killed midway"):
+        run.main(["--suites", "e2e", "kernels", "--out-dir", str(tmp_path), "--readme", str(tmp_path / "R.md")])
+    [results_file] = tmp_path.glob("*.json")
+    written = json.loads(results_file.read_text())
+    assert written["kernels"] == {"results": [], "sweeps": []} and "e2e" not in written
+    assert written["summary"]["generate"]["reason"] == "the e2e suite was not run"
+
+
+def test_correctness_runs_only_when_asked(tmp_path: Path) -> None:
+    report = run.main(["--suites", "correctness", "--out-dir", str(tmp_path), "--readme", str(tmp_path / "R.md")])
+    assert report["correctness"]["passed"] and "no CUDA GPU" in report["correctness"]["skipped"]
+    assert report.keys().isdisjoint({"kernels", "e2e", "tokenizer"})
+
+
+def test_rebuild_remakes_the_table_from_a_results_file(results, tmp_path: Path) -> None:
+    report, out_dir, _ = results
+    [results_file] = out_dir.glob("*-cpu-*.json")
+    again = tmp_path / "README.md"
+    run.main(["--rebuild", str(results_file), "--out-dir", str(tmp_path), "--readme", str(again)])
+    assert run.markdown_table(report, results_file.name) in again.read_text()
+    for not_results in (tmp_path / "missing.json", tmp_path):  # neither a file nor a gpu_check folder
+        with pytest.raises(SystemExit):
+            run.main(["--rebuild", str(not_results)])
+
+
+# -- bench_e2e: warm-up, time budget ---------------------------------------------------------------
+
+
+def test_warm_up_chunks_a_prefill_when_the_budget_allows() -> None:
+    requests = bench_e2e.warm_up_requests(budget=4096, max_running=256, max_len=1024, vocab_size=100)
+    length = len(requests[0][0])
+    assert length == 1023 and (len(requests) - 1) * length < 4096 < len(requests) * length  # the last one is cut
+    assert len(bench_e2e.warm_up_requests(budget=4096, max_running=3, max_len=20, vocab_size=100)) == 2
+
+
+def test_warm_up_reaches_the_paged_prefill(monkeypatch) -> None:
+    """Before timing, fastllm must run every prefill variant: a chunked prefill and a prefix-cache
+    hit both attend through the block table (the paged kernel variant)."""
+    config = bench_e2e.TINY_SHAPES["smollm2-135m"]
+    settings = dataclasses.replace(bench_e2e.CPU_SETTINGS, workload=bench_e2e.Workload(4, 12, 20))
+    weights = bench_e2e.random_weights(config, seed=0, dtype=torch.float32, device=torch.device("cpu"))
+    model = bench_e2e.LlamaForCausalLM(config, bench_e2e.get_backend("torch"))
+    model.load_weights(weights)
+    llm = bench_e2e.LLM.from_model(model, max_num_seqs=8, max_model_len=64, max_num_batched_tokens=50)
+    paged: list[bool] = []
+    attention = model.backend.varlen_attention
+
+    def spy(*args, **kwargs):
+        paged.append(kwargs.get("block_table") is not None)
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(model.backend, "varlen_attention", spy)
+    runner = bench_e2e.FastllmRunner(llm)
+    bench_e2e.warm_up(runner, settings, config.vocab_size)
+    assert False in paged and True in paged
+
+
+class _FakeRunner:
+    """Runs nothing: each run 'takes' `seconds_per_request` per request."""
+
+    def __init__(self, seconds_per_request: float) -> None:
+        self.seconds_per_request = seconds_per_request
+        self.counts: list[int] = []
+
+    def run(self, requests: list) -> dict:
+        self.counts.append(len(requests))
+        return {"requests": len(requests), "wall_s": self.seconds_per_request * len(requests),
+                "output_tokens_per_s": 100.0 / self.seconds_per_request}
+
+
+def test_torch_engine_climbs_the_request_ladder_while_time_allows() -> None:
+    import time
+
+    requests = [([1], 1)] * 256
+    seconds = bench_e2e.ENGINE_MIN_S + 10
+    slow = _FakeRunner(1.0)  # 16 requests 'take' 16 s: 64 would take 64 s, more than is left
+    result = bench_e2e._workloads("fastllm-torch", slow, requests, time.perf_counter() + seconds)
+    assert slow.counts == [16] and "workload" not in result and list(result["subsets"]) == ["16"]
+    assert result["stopped_early"]["ran_requests"] == 16
+    fast = _FakeRunner(0.001)
+    result = bench_e2e._workloads("fastllm-torch", fast, requests, time.perf_counter() + seconds)
+    assert fast.counts == [16, 64, 256] and result["workload"]["requests"] == 256
+    late = _FakeRunner(0.001)  # too little time left for even the first rung
+    result = bench_e2e._workloads("fastllm-torch", late, requests, time.perf_counter() + bench_e2e.ENGINE_MIN_S / 2)
+    assert late.counts == [] and result["stopped_early"]["ran_requests"] == 0
+    triton = _FakeRunner(1.0)  # every rung, to be compared with: it is the engine measured first
+    assert bench_e2e._workloads("fastllm-triton", triton, requests, time.perf_counter() + 5) and triton.counts == [
+        16, 64, 256]
+    assert bench_e2e._workloads("hf", _FakeRunner(1.0), requests, None)["workload"]["requests"] == 256
+
+
+def test_throughput_ratios_compare_the_same_requests() -> None:
+    def runs(full: float | None, **subsets: float) -> dict:
+        result = {"subsets": {n.removeprefix("n"): {"output_tokens_per_s": v} for n, v in subsets.items()}}
+        if full is not None:
+            result["workload"] = {"requests": 256, "output_tokens_per_s": full}
+        return result
+
+    assert bench_e2e._ratio(runs(1000.0, n16=200.0), runs(100.0)) == {"ratio": 10.0, "requests": 256}
+    assert bench_e2e._ratio(runs(1000.0, n16=200.0, n64=600.0), runs(None, n16=20.0, n64=30.0)) == {
+        "ratio": 20.0, "requests": 64}
+    assert bench_e2e._ratio(runs(1000.0), {"skipped": "no"}) is None
+
+
+def test_hf_stops_at_the_deadline_and_counts_what_it_made() -> None:
+    import time
+
+    config = bench_e2e.TINY_SHAPES["llama-3.2-1b"]
+    weights = bench_e2e.random_weights(config, seed=0, dtype=torch.float32, device=torch.device("cpu"))
+    model = bench_e2e.hf_model(config, weights, torch.float32)
+    requests = [([5, 6, 7], 30), ([8, 9], 40)]
+    report = bench_e2e.HFRunner(model, 1, deadline=time.perf_counter()).run(requests)
+    assert report["stopped_early"]["batch"] == 0 and report["requests"] == 1  # the second batch never started
+    assert report["output_tokens"] == report["stopped_early"]["steps"] < 30
+    assert "stopped_early" not in bench_e2e.HFRunner(model, 2).run(requests)
 
 
 def test_weight_bytes_per_step_count_each_matrix_once() -> None:

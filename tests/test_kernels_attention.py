@@ -174,3 +174,125 @@ class TestInputChecks:
             _paged_decode(torch.randn(3, 4, 16), cache, cache, seqlens, table, softmax_scale=None, num_splits=0)
         with pytest.raises(ValueError, match="q must have dtype in"):
             kernels.paged_decode_attention(torch.randn(3, 4, 16).double(), cache.double(), cache.double(), seqlens, table)
+
+
+# -- decode: splits, and one compiled variant whatever the split count ------------------------------
+
+
+def test_paged_decode_merges_many_splits_some_empty() -> None:
+    """More splits than the merge reads per iteration (16), over sequences that leave most of
+    them empty (and one with no keys at all, which must give zeros)."""
+    generator = torch.Generator().manual_seed(9)
+    lengths = [700, 1, 37]
+    k_cache, v_cache, table = paged_cache(lengths, 16, 1, 32, torch.float32, generator)
+    q = _randn(len(lengths) + 1, 3, 32, dtype=torch.float32, generator=generator)
+    table = torch.cat([table, table[:1]])
+    seqlens = torch.tensor([*lengths, 0], dtype=torch.int32)
+    out = _paged_decode(q, k_cache, v_cache, seqlens, table, softmax_scale=None, num_splits=40)
+    ref = reference.paged_decode_attention(q[:3].double(), k_cache.double(), v_cache.double(), seqlens[:3], table[:3])
+    assert_close(out[:3], ref, torch.float32)
+    assert torch.equal(out[3], torch.zeros_like(out[3]))
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel: records what a launch would specialize on (its constexprs
+    and the dtypes of its tensor arguments), then runs the kernel."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.launches: list[tuple] = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+            self.launches.append((dtypes, tuple(sorted(kwargs.items()))))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def test_growing_contexts_launch_one_variant_of_each_decode_kernel(monkeypatch) -> None:
+    """Eager decode widens the block table step by step, so the split count grows from 1: the
+    launches must not differ in anything that compiles a new variant, and the merge must be
+    launched (compiled) at the first step already, before any split needs it."""
+    from fastllm.kernels import decode_attention
+
+    spies = {name: _LaunchSpy(getattr(decode_attention, name)) for name in ("_paged_decode_kernel", "_merge_splits_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(decode_attention, name, spy)
+    monkeypatch.setattr(decode_attention, "_merged_shapes", set())
+    generator = torch.Generator().manual_seed(10)
+    k_cache, v_cache, _ = paged_cache([400], 16, 1, 32, torch.float16, generator)
+    q = _randn(1, 4, 32, dtype=torch.float16, generator=generator)
+    splits = []
+    for context in (5, 16, 40, 130, 260, 400):
+        table = torch.arange(-(-context // 16), dtype=torch.int32).unsqueeze(0)
+        splits.append(decode_attention.decode_splits(q, k_cache, table))
+        kernels.paged_decode_attention(q, k_cache, v_cache, torch.tensor([context], dtype=torch.int32), table)
+        if context == 5:
+            assert len(spies["_merge_splits_kernel"].launches) == 1  # warmed up, though unsplit
+    assert splits[0] == 1 and len(set(splits)) >= 3  # the contexts did take the split count through several values
+    for spy in spies.values():
+        assert len(set(spy.launches)) == 1, spy.launches
+
+
+# Compiles the decode kernels for sm_90 (Hopper) without a GPU: Triton's own compiler and ptxas
+# behind a stand-in for the CUDA driver, kernels "launched" as warm-ups (compiled, not run).
+SM90_DECODE_COMPILES = r"""
+import json, torch
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.driver import CudaDriver
+from triton.runtime import driver
+
+
+class CompileOnlyDriver(CudaDriver):
+    def __init__(self):  # no libcuda here
+        pass
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+driver.set_active(CompileOnlyDriver())
+from fastllm.kernels import _runtime, decode_attention
+
+decode_attention.check_launchable = lambda *named: None  # CPU tensors stand for device ones
+decode_attention.num_sms = lambda device: 132
+kernels = {name: getattr(decode_attention, name) for name in ("_paged_decode_kernel", "_merge_splits_kernel")}
+for name, kernel in kernels.items():
+    setattr(decode_attention, name, type("Warmup", (), {"__getitem__": lambda self, grid, k=kernel: (
+        lambda *args, **kwargs: k.warmup(*args, grid=grid, **kwargs))})())
+q = torch.empty(1, 32, 64, dtype=torch.bfloat16)
+cache = torch.empty(1024, 16, 8, 64, dtype=torch.bfloat16)
+counts = []
+for context in (16, 256, 1024, 4096, 16384):  # 1 split, then 2, 8, 32 and 64
+    table = torch.zeros(1, context // 16, dtype=torch.int32)
+    decode_attention.paged_decode_attention(q, cache, cache, torch.ones(1, dtype=torch.int32), table)
+    counts.append({name: sum(len(c[0]) for c in k.device_caches.values()) for name, k in kernels.items()})
+for name, kernel in kernels.items():
+    setattr(decode_attention, name, kernel)
+print(json.dumps({"per_step": counts, "compiled_variants": _runtime.compiled_variants()}))
+"""
+
+
+def test_growing_contexts_compile_each_decode_kernel_once_for_sm90() -> None:
+    """The real specialization: Triton's own cache of compiled variants, counted after each step."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    done = subprocess.run([sys.executable, "-c", SM90_DECODE_COMPILES], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.splitlines()[-1])
+    once = {"_paged_decode_kernel": 1, "_merge_splits_kernel": 1}
+    assert counts["per_step"] == [once] * 5
+    assert counts["compiled_variants"] == {f"decode_attention.{name}": n for name, n in once.items()}

@@ -122,3 +122,53 @@ def test_ids_past_the_tokenizers_vocabulary_are_never_drawn():
     logits[:, 4] = 1.0
     out = padded(logits, [seq([1], temperature=0), seq([1], temperature=1.0, seed=3)])
     assert out.token_ids[0] == 4 and out.token_ids[1] < 10
+
+
+# -- penalty counts kept on the device, step by step ------------------------------------------------
+
+
+def recounted_penalties(logits, seqs):
+    """The penalties recomputed from each request's whole token lists (what every step used to do)."""
+    out = logits.clone()
+    for row, s in enumerate(seqs):
+        p = s.params
+        if not p.has_penalties:
+            continue
+        seen = torch.zeros(VOCAB, dtype=torch.bool)
+        seen[s.token_ids] = True
+        counts = torch.bincount(torch.tensor(s.output_token_ids, dtype=torch.int64), minlength=VOCAB).float()
+        values = out[row]
+        values = torch.where(seen, torch.where(values > 0, values / p.repetition_penalty,
+                                               values * p.repetition_penalty), values)
+        out[row] = values - p.presence_penalty * (counts > 0) - p.frequency_penalty * counts
+    return out
+
+
+def test_penalty_counts_follow_every_step_preemption_and_finish(sampler):
+    from fastllm.engine.sequence import SequenceStatus
+
+    seqs = [
+        seq([4, 5, 6, 5], temperature=1.0, seed=1, repetition_penalty=1.3),
+        seq([9, 9], [4], temperature=1.0, seed=2, presence_penalty=0.7, frequency_penalty=0.4),
+        seq([1], temperature=1.0, seed=3),  # no penalties: no counts
+    ]
+    late = seq([7, 8, 7], [7, 1, 1], temperature=0.9, seed=4, repetition_penalty=0.8, frequency_penalty=-0.3)
+    for step in range(24):
+        if step == 10:
+            seqs.append(late)  # joins with generated tokens already (e.g. after preemption): counted from them
+        if step == 15:
+            state = seqs[0].penalty_counts
+            seqs[0].status = SequenceStatus.WAITING  # preempted and recomputed: its tokens do not change
+            seqs[0].status = SequenceStatus.RUNNING
+            assert seqs[0].penalty_counts is state
+        logits = random_logits(len(seqs), seed=100 + step)
+        tokens = sampler(logits, seqs).token_ids
+        torch.testing.assert_close(sampler._apply_penalties(logits, seqs), recounted_penalties(logits, seqs))
+        for s, token in zip(seqs, tokens):
+            s.append_token(token % 12)  # few distinct tokens: repeats, so the counts matter
+    assert seqs[2].penalty_counts is None
+    counts = seqs[1].penalty_counts
+    assert counts.num_counted == seqs[1].num_tokens - 1  # the last token is counted at its next step
+    assert counts.output.sum().item() == counts.num_counted - seqs[1].num_prompt_tokens
+    seqs[1].status = SequenceStatus.FINISHED
+    assert seqs[1].penalty_counts is None  # the device memory goes with the request

@@ -2,7 +2,9 @@
 
 Per row, in order: min_tokens masking, repetition / presence / frequency penalties (here, in
 torch), then temperature, top-k, top-p, min-p and the draw (the backend's `sample`). Work that
-no row asks for is skipped, so an all-greedy batch costs one argmax.
+no row asks for is skipped, so an all-greedy batch costs one argmax. The penalties' token
+counts live on the device with each request (`PenaltyCounts`) and grow by each step's new
+token, so no step builds or uploads a [rows, vocab] table.
 
 Seeds: a row's draw depends only on its logits, its parameters and a 64-bit seed. A seeded
 request's per-step seed is a hash of (its seed, how many tokens it has generated), so the same
@@ -13,6 +15,7 @@ unseeded requests take fresh seeds from a process-level generator.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -102,33 +105,22 @@ class Sampler:
         rows = [i for i, seq in enumerate(seqs) if seq.params.has_penalties]
         if not rows:
             return logits
-        vocab = logits.shape[1]
         device = logits.device
         picked = [seqs[i] for i in rows]
+        params = [s.params for s in picked]
+        prompt_seen, output_counts = _penalty_counts(picked, logits.shape[1], device)
         out = logits.clone()
         sub = out[rows]
-
-        # Counts of each token in the output (for presence/frequency) and in prompt + output
-        # (for repetition), built by one scatter over padded token lists; `vocab` is the pad id.
-        def counts(token_lists: list[list[int]]) -> torch.Tensor:
-            width = max(1, max(len(t) for t in token_lists))
-            padded = torch.full((len(token_lists), width), vocab, dtype=torch.int64)
-            for r, tokens in enumerate(token_lists):
-                padded[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
-            result = torch.zeros(len(token_lists), vocab + 1, dtype=torch.float32)
-            result.scatter_add_(1, padded, torch.ones_like(padded, dtype=torch.float32))
-            return result[:, :vocab].to(device)
-
-        repetition = torch.tensor([s.params.repetition_penalty for s in picked], device=device).unsqueeze(1)
-        if bool((repetition != 1).any()):
-            seen = counts([s.token_ids for s in picked]) > 0
+        # Which penalties apply is read off the host-side parameters: no device sync.
+        if any(p.repetition_penalty != 1 for p in params):
+            repetition = _on_device([p.repetition_penalty for p in params], torch.float32, device).unsqueeze(1)
+            seen = prompt_seen | (output_counts > 0)  # in the prompt or the output
             penalized = torch.where(sub > 0, sub / repetition, sub * repetition)
             sub = torch.where(seen, penalized, sub)
-        presence = torch.tensor([s.params.presence_penalty for s in picked], device=device).unsqueeze(1)
-        frequency = torch.tensor([s.params.frequency_penalty for s in picked], device=device).unsqueeze(1)
-        if bool((presence != 0).any() or (frequency != 0).any()):
-            output_counts = counts([s.output_token_ids for s in picked])
-            sub = sub - presence * (output_counts > 0) - frequency * output_counts
+        if any(p.presence_penalty != 0 or p.frequency_penalty != 0 for p in params):
+            presence = _on_device([p.presence_penalty for p in params], torch.float32, device).unsqueeze(1)
+            frequency = _on_device([p.frequency_penalty for p in params], torch.float32, device).unsqueeze(1)
+            sub = sub - presence * (output_counts > 0) - frequency * output_counts.float()
         out[rows] = sub
         return out
 
@@ -147,6 +139,53 @@ class Sampler:
             _on_device([p.min_p for p in params], torch.float32, device),
             _on_device(seeds, torch.int64, device),
         )
+
+
+@dataclass
+class PenaltyCounts:
+    """One penalized request's token counts, on the device of its logits (Sequence.penalty_counts).
+
+    prompt: bool [vocab], the tokens its prompt holds (for the repetition penalty); output: int32
+    [vocab], how often it generated each token (for all three penalties); num_counted: how many of
+    its token_ids these include. Built from its tokens at its first penalized step; each later
+    step adds the tokens generated since. Preemption changes nothing here: a recomputed request
+    keeps its prompt and its generated tokens.
+    """
+
+    prompt: torch.Tensor
+    output: torch.Tensor
+    num_counted: int
+
+    @classmethod
+    def of(cls, seq: Sequence, vocab_size: int, device: torch.device) -> PenaltyCounts:
+        tokens = _on_device(seq.token_ids, torch.int64, device)
+        prompt_tokens, output_tokens = tokens[: seq.num_prompt_tokens], tokens[seq.num_prompt_tokens :]
+        prompt = torch.zeros(vocab_size, dtype=torch.bool, device=device).index_fill_(0, prompt_tokens, True)
+        output = torch.zeros(vocab_size, dtype=torch.int32, device=device)
+        # scatter_add_ rather than bincount, which reads the largest id back to the host on CUDA.
+        output.scatter_add_(0, output_tokens, torch.ones_like(output_tokens, dtype=torch.int32))
+        return cls(prompt, output, seq.num_tokens)
+
+
+def _penalty_counts(seqs: list[Sequence], vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt masks and output counts of `seqs`, stacked ([rows, vocab] bool and int32), after
+    bringing each request's counts up to date: its first penalized step builds them, later steps
+    add the tokens generated since, all in one device-side add over single-element views."""
+    views: list[torch.Tensor] = []
+    increments: list[int] = []
+    for seq in seqs:
+        state = seq.penalty_counts
+        if state is None:
+            seq.penalty_counts = PenaltyCounts.of(seq, vocab_size, device)
+            continue
+        for token, times in Counter(seq.token_ids[state.num_counted :]).items():
+            views.append(state.output[token])
+            increments.append(times)
+        state.num_counted = seq.num_tokens
+    if views:
+        torch._foreach_add_(views, increments)
+    states = [seq.penalty_counts for seq in seqs]
+    return torch.stack([c.prompt for c in states]), torch.stack([c.output for c in states])
 
 
 def _on_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastllm.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from fastllm.engine.sampler import PenaltyCounts
 
 
 class SequenceStatus(enum.Enum):
@@ -65,12 +69,24 @@ class Sequence:
         self.stop_reason: str | int | None = None  # the stop string or stop token id that ended it
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
+        # With penalties: its token counts on the device, kept up to date by the Sampler.
+        self.penalty_counts: PenaltyCounts | None = None
 
     def __repr__(self) -> str:
         return (
             f"Sequence(id={self.seq_id}, status={self.status.name}, tokens={self.num_tokens}, "
             f"computed={self.num_computed_tokens}, blocks={len(self.block_table)})"
         )
+
+    @property
+    def status(self) -> SequenceStatus:
+        return self._status
+
+    @status.setter
+    def status(self, status: SequenceStatus) -> None:
+        self._status = status
+        if status is SequenceStatus.FINISHED:
+            self.penalty_counts = None  # a vocabulary-sized tensor or two: freed as soon as it ends
 
     @property
     def num_tokens(self) -> int:

@@ -15,23 +15,36 @@ launching does, or TRITON_INTERPRET=1 set before the import, which runs the kern
     sample(logits, temperature, top_k, top_p, min_p, seeds)
 """
 
-from fastllm.kernels.activation import silu_and_mul
-from fastllm.kernels.attention import varlen_attention
-from fastllm.kernels.decode_attention import paged_decode_attention
-from fastllm.kernels.kv_cache import store_kv_cache
-from fastllm.kernels.norm import fused_add_rms_norm, rms_norm
-from fastllm.kernels.rotary import rotary_embedding
-from fastllm.kernels.sampling import sample
-from fastllm.kernels.softmax import softmax
+from __future__ import annotations
 
-__all__ = [
-    "fused_add_rms_norm",
-    "paged_decode_attention",
-    "rms_norm",
-    "rotary_embedding",
-    "sample",
-    "silu_and_mul",
-    "softmax",
-    "store_kv_cache",
-    "varlen_attention",
-]
+import importlib
+from typing import Any
+
+# Imported on first use: the "torch" and "cpu" backends import this package's reference and C++
+# ops, and must not pay for Triton (about 70 MB of resident memory, and its start-up time).
+_KERNEL_MODULES = {
+    "fused_add_rms_norm": "fastllm.kernels.norm",
+    "paged_decode_attention": "fastllm.kernels.decode_attention",
+    "rms_norm": "fastllm.kernels.norm",
+    "rotary_embedding": "fastllm.kernels.rotary",
+    "sample": "fastllm.kernels.sampling",
+    "silu_and_mul": "fastllm.kernels.activation",
+    "softmax": "fastllm.kernels.softmax",
+    "store_kv_cache": "fastllm.kernels.kv_cache",
+    "varlen_attention": "fastllm.kernels.attention",
+}
+
+__all__ = sorted(_KERNEL_MODULES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _KERNEL_MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastllm.kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -2,14 +2,15 @@
 
 Triton decides at decoration time (when `fastllm.kernels` is imported) whether `@triton.jit`
 functions compile for the GPU or run in its CPU interpreter, so `INTERPRETER` is read once, here,
-at that same moment. Launchers use it to accept CPU tensors, to pick exact `tl.dot` arithmetic and
-to choose one small configuration instead of the GPU's tile sizes.
+at that same moment. Launchers use it to accept CPU tensors and to choose one small configuration
+instead of the GPU's tile sizes.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import torch
 import triton
@@ -22,9 +23,11 @@ KERNEL_DTYPES = (torch.float16, torch.float32) if INTERPRETER else (torch.float1
 LOG2E = 1.4426950408889634  # kernels take exp as exp2 of a pre-scaled argument
 MAX_GRID_YZ = 65535  # CUDA's limit on the second and third grid dimensions
 
-# fp32 matmuls: tensor-core TF32 on the GPU (what flash-attention style kernels use), exact
-# products in the interpreter so that tests can hold float32 results to 1e-4 of a float64 reference.
-DOT_PRECISION = "ieee" if INTERPRETER else "tf32"
+# tl.dot's input_precision of the attention kernels. It governs float32 operands only: fp16 and
+# bf16 tiles always take their own tensor-core path. float32 attention is what the correctness
+# checks compare with PyTorch's IEEE float32 (greedy tokens against the torch backend, 1e-4 of a
+# float64 reference), and TF32 products would miss that by ~3e-4, so float32 is exact on the GPU too.
+DOT_PRECISION = "ieee"
 
 
 def check_launchable(*named: tuple[str, torch.Tensor]) -> None:
@@ -66,3 +69,21 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def compiled_variants() -> dict[str, int]:
+    """How many variants of each kernel of fastllm.kernels have been compiled so far, for the
+    kernels compiled at least once (the benchmarks use it to show that nothing compiles inside a
+    timed run). Empty in the interpreter, which compiles nothing."""
+    counts = {}
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("fastllm.kernels.") or module is None:
+            continue
+        for attr, value in vars(module).items():
+            if not isinstance(value, triton.runtime.JITFunction) or value.fn.__module__ != name:
+                continue  # not a kernel, or one imported from another module
+            # device_caches: per device, a tuple whose first item is the compiled-kernel cache.
+            count = sum(len(cache[0]) for cache in value.device_caches.values())
+            if count:
+                counts[f"{name.removeprefix('fastllm.kernels.')}.{attr}"] = count
+    return counts

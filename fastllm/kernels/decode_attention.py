@@ -7,6 +7,11 @@ too few to fill the GPU, each sequence's keys are cut into splits processed in p
 (flash-decoding); a second small kernel merges the splits' partial outputs by their
 log-sum-exp. Split sizes come from the block table's width, not from the lengths, so nothing is
 read back from the GPU and the launch is CUDA-graph friendly.
+
+The split count changes as contexts grow (eager decode: the block table widens step by step), so
+nothing compiled depends on it: the main kernel tells a split launch from an unsplit one at run
+time (its third grid dimension) and the merge walks the splits in fixed-size chunks. Per model
+shape and dtype there is one variant of each kernel, and the first launch compiles both.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from fastllm.kernels._runtime import (
 )
 
 _MAX_SPLITS = 64
+_MERGE_BLOCK_S = 16  # splits the merge reads per iteration
 
 
 # These follow the block table's width, which changes from step to step (eager decode):
@@ -44,7 +50,7 @@ def _paged_decode_kernel(
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_oh, stride_block_table,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -81,8 +87,8 @@ def _paged_decode_kernel(
     # A split past the sequence's end (or a zero-length sequence) has row_sum 0: output 0, lse -inf.
     has_keys = row_sum > 0.0
     out = acc / tl.where(has_keys, row_sum, 1.0)[:, None]
-    if SPLIT:
-        num_splits = tl.num_programs(2)
+    num_splits = tl.num_programs(2)
+    if num_splits > 1:  # the same for every program of a launch: no divergence
         slot = (seq * num_q_heads + heads) * num_splits + split
         lse = tl.where(has_keys, row_max + tl.log2(tl.where(has_keys, row_sum, 1.0)), float("-inf"))
         tl.store(partial_lse_ptr + slot, lse, mask=offs_g < GROUP)
@@ -97,25 +103,33 @@ def _merge_splits_kernel(
     partial_out_ptr, partial_lse_ptr, out_ptr, num_splits, num_q_heads, stride_ob, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    """Merge one (sequence, query head)'s splits, BLOCK_S at a time, with a running log-sum-exp."""
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
-    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    s_ok = offs_s < num_splits
-    slots = (seq * num_q_heads + head) * num_splits + offs_s
-    lse = tl.load(partial_lse_ptr + slots, mask=s_ok, other=float("-inf"))
-    # Every split of a zero-length sequence is empty (lse -inf): its weights are all 0, not NaN.
-    lse_max = tl.max(lse, axis=0)
-    weights = tl.exp2(lse - tl.where(lse_max == float("-inf"), 0.0, lse_max))
-    total = tl.sum(weights, axis=0)
-    weights = weights / tl.where(total == 0.0, 1.0, total)
-    parts = tl.load(
-        partial_out_ptr + slots[:, None] * HEAD_DIM + offs_d[None, :],
-        mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
-    )
-    out = tl.sum(weights[:, None] * parts, axis=0)
-    tl.store(out_ptr + seq * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+    d_ok = offs_d < HEAD_DIM
+    first_slot = (seq * num_q_heads + head) * num_splits
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    running_max = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    for s0 in range(0, num_splits, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = offs_s < num_splits
+        lse = tl.load(partial_lse_ptr + first_slot + offs_s, mask=s_ok, other=float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(lse, axis=0))
+        # Empty splits (and every split of a zero-length sequence) have lse -inf: weight 0, not NaN.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        alpha = tl.exp2(running_max - shift)
+        weights = tl.exp2(lse - shift)
+        parts = tl.load(
+            partial_out_ptr + (first_slot + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+            mask=s_ok[:, None] & d_ok[None, :], other=0.0,
+        )
+        acc = acc * alpha + tl.sum(weights[:, None] * parts, axis=0)
+        total = total * alpha + tl.sum(weights, axis=0)
+        running_max = new_max
+    out = acc / tl.where(total == 0.0, 1.0, total)
+    tl.store(out_ptr + seq * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 @dataclass(frozen=True)
@@ -126,12 +140,16 @@ class _Config:
 
 
 def _config(block_d: int, dtype: torch.dtype) -> _Config:
-    """Key tile per head dim: 16-32 KB of K and V per stage keeps enough bytes in flight on Hopper."""
+    """Key tile per head dim: 16-32 KB of K and V per stage keeps enough bytes in flight on Hopper.
+
+    float32 (IEEE dots on the FMA units, operands in registers) halves the tile and spreads it
+    over 8 warps: with 4, ptxas spills at head dim 128 for sm_90.
+    """
     if INTERPRETER:
         return _Config(16, 1, 1)
     block_n = 128 if block_d <= 64 else 64 if block_d <= 128 else 32
     if dtype == torch.float32:
-        block_n //= 2
+        return _Config(block_n // 2, 8, 3)
     return _Config(block_n, 4, 3)
 
 
@@ -146,6 +164,25 @@ def num_splits_for(programs: int, kv_capacity: int, block_n: int, sms: int) -> i
     wanted = triton.cdiv(2 * sms, programs)
     useful = max(1, kv_capacity // (4 * block_n))
     return max(1, min(wanted, useful, _MAX_SPLITS))
+
+
+def _split_plan(
+    q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor, num_splits: int | None
+) -> tuple[int, int]:
+    """(tokens per split, splits) of a launch: `num_splits` (None: num_splits_for's choice), made
+    whole key tiles per split, which may lower the count."""
+    batch, _, head_dim = q.shape
+    kv_capacity = block_table.shape[1] * k_cache.shape[1]
+    block_n = _config(max(16, next_power_of_2(head_dim)), q.dtype).block_n
+    if num_splits is None:
+        num_splits = num_splits_for(batch * k_cache.shape[2], kv_capacity, block_n, num_sms(q.device))
+    tokens_per_split = triton.cdiv(triton.cdiv(kv_capacity, num_splits), block_n) * block_n
+    return tokens_per_split, triton.cdiv(kv_capacity, tokens_per_split)
+
+
+def decode_splits(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor) -> int:
+    """How many splits paged_decode_attention cuts each sequence into for these inputs (1: unsplit)."""
+    return _split_plan(q, k_cache, block_table, None)[1]
 
 
 def paged_decode_attention(
@@ -195,19 +232,18 @@ def _paged_decode(
 
     block_d = max(16, next_power_of_2(head_dim))
     config = _config(block_d, q.dtype)
-    if num_splits is None:
-        num_splits = num_splits_for(batch * num_kv_heads, kv_capacity, config.block_n, num_sms(q.device))
-    elif isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= _MAX_SPLITS:
+    if num_splits is not None and (
+        isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= _MAX_SPLITS
+    ):
         raise ValueError(f"num_splits must be an int in [1, {_MAX_SPLITS}], got {num_splits!r}")
-    # Whole key tiles per split; the split count may shrink accordingly.
-    tokens_per_split = triton.cdiv(triton.cdiv(kv_capacity, num_splits), config.block_n) * config.block_n
-    num_splits = triton.cdiv(kv_capacity, tokens_per_split)
+    tokens_per_split, num_splits = _split_plan(q, k_cache, block_table, num_splits)
     split = num_splits > 1
-    if split:
-        partial_out = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
-        partial_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
-    else:
-        partial_out = partial_lse = out  # unused
+    # float32 partial buffers even when unused (one element then): a pointer of another type would
+    # compile another variant of the kernel.
+    partials = (batch, num_q_heads, num_splits) if split else (1, 1, 1)
+    partial_lse = torch.empty(partials, dtype=torch.float32, device=q.device)
+    partial_out = torch.empty((*partials, head_dim), dtype=torch.float32, device=q.device)
+    _warm_up_merge(out, block_d)
     group = num_q_heads // num_kv_heads
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, cache_seqlens, block_table,
@@ -218,13 +254,38 @@ def _paged_decode(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_N=config.block_n, KV_BLOCK_SIZE=kv_block_size, SPLIT=split, DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=config.block_n, KV_BLOCK_SIZE=kv_block_size, DOT_PRECISION=DOT_PRECISION,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:
-        _merge_splits_kernel[(batch, num_q_heads)](
-            partial_out, partial_lse, out, num_splits, num_q_heads, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, next_power_of_2(num_splits)),
-            num_warps=1 if INTERPRETER else 4,
-        )
+        _merge_splits(partial_out, partial_lse, out, num_splits, block_d)
     return out
+
+
+def _merge_splits(
+    partial_out: torch.Tensor, partial_lse: torch.Tensor, out: torch.Tensor, num_splits: int, block_d: int
+) -> None:
+    batch, num_q_heads, head_dim = out.shape
+    _merge_splits_kernel[(batch, num_q_heads)](
+        partial_out, partial_lse, out, num_splits, num_q_heads, out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=_MERGE_BLOCK_S, num_warps=1 if INTERPRETER else 4,
+    )
+
+
+# (device, dtype, query heads, head dim, output strides) of the merges already compiled.
+_merged_shapes: set[tuple[object, ...]] = set()
+
+
+def _warm_up_merge(out: torch.Tensor, block_d: int) -> None:
+    """Compile the merge at a shape's first decode launch, split or not: else a context growing
+    past its first split would compile it mid-run. It merges one split of zeros into out[0],
+    which the decode kernel then overwrites. Never while a CUDA graph is being captured (the
+    capture would keep it; the engine captures only after an eager warm-up step anyway)."""
+    _, num_q_heads, head_dim = out.shape
+    key = (out.device, out.dtype, num_q_heads, head_dim, out.stride(0), out.stride(1))
+    if key in _merged_shapes or (out.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    _merged_shapes.add(key)
+    partial_lse = torch.zeros((1, num_q_heads, 1), dtype=torch.float32, device=out.device)
+    partial_out = torch.zeros((1, num_q_heads, 1, head_dim), dtype=torch.float32, device=out.device)
+    _merge_splits(partial_out, partial_lse, out[:1], 1, block_d)
