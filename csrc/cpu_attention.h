@@ -34,6 +34,10 @@ constexpr bool supports_head_dim(int64_t head_dim) {
 // Runs on up to `num_threads` OpenMP threads. Throws std::invalid_argument (naming the argument)
 // for an unsupported shape, a length outside its range or a block id outside the cache, before
 // anything is read.
+// The checks paged_decode_attention makes of seqlens and block_table (std::invalid_argument).
+void check_paged_decode_inputs(const PagedCache& cache, int64_t batch, const int32_t* seqlens,
+                               const int32_t* block_table, int64_t table_width);
+
 void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, const PagedCache& cache,
                             const int32_t* seqlens, const int32_t* block_table, int64_t table_width, float scale,
                             size_t num_threads, float* out);

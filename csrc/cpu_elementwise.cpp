@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+
+#include "cpu_vector.h"
 
 namespace fastllm::cpu {
 namespace {
@@ -62,6 +65,57 @@ void rotary_embedding(const float* x, int64_t tokens, int64_t heads, int64_t dim
                 out2[i] = x2[i] * cos[i] + x1[i] * sin[i];
             }
         }
+    }
+}
+
+namespace {
+
+// silu of 16 gates times 16 ups.
+FASTLLM_INLINE vec::Vec swiglu(vec::Vec gate, vec::Vec up) {
+    const vec::Vec magnitude = gate < 0.0f ? -gate : gate;  // NaN stays NaN (its exp too)
+    const vec::Vec e = vec::exp_nonpositive(-magnitude);   // e^-|g| in (0, 1]
+    const vec::Vec sigmoid = (gate < 0.0f ? e : vec::broadcast(1.0f)) / (1.0f + e);
+    return gate * sigmoid * up;
+}
+
+FASTLLM_VECTOR_CLONES
+void swiglu_row(const float* gate, const float* up, int64_t inter, float* out) {
+    int64_t i = 0;
+    for (; i + vec::kLanes <= inter; i += vec::kLanes) {
+        vec::store(out + i, swiglu(vec::load(gate + i), vec::load(up + i)));
+    }
+    if (i < inter) {  // the tail through a zero-padded vector: same arithmetic as the body
+        float g[vec::kLanes] = {}, u[vec::kLanes] = {}, o[vec::kLanes];
+        std::memcpy(g, gate + i, (inter - i) * sizeof(float));
+        std::memcpy(u, up + i, (inter - i) * sizeof(float));
+        vec::store(o, swiglu(vec::load(g), vec::load(u)));
+        std::memcpy(out + i, o, (inter - i) * sizeof(float));
+    }
+}
+
+}  // namespace
+
+void silu_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out, size_t num_threads) {
+#pragma omp parallel for num_threads(team_size(rows * inter, num_threads))
+    for (int64_t row = 0; row < rows; ++row) {
+        const float* gate = x + row * x_stride;
+        swiglu_row(gate, gate + inter, inter, out + row * inter);
+    }
+}
+
+void store_kv_cache(const float* k, int64_t k_stride, const float* v, int64_t v_stride, int64_t tokens,
+                    int64_t row_floats, const int64_t* slots, int64_t num_slots, float* k_cache, float* v_cache) {
+    for (int64_t t = 0; t < tokens; ++t) {
+        if (slots[t] >= num_slots) {
+            throw std::invalid_argument("slot_mapping[" + std::to_string(t) + "] = " + std::to_string(slots[t]) +
+                                        " is past the cache's " + std::to_string(num_slots) + " slots");
+        }
+    }
+    const size_t row_bytes = static_cast<size_t>(row_floats) * sizeof(float);
+    for (int64_t t = 0; t < tokens; ++t) {
+        if (slots[t] < 0) continue;
+        std::memcpy(k_cache + slots[t] * row_floats, k + t * k_stride, row_bytes);
+        std::memcpy(v_cache + slots[t] * row_floats, v + t * v_stride, row_bytes);
     }
 }
 

@@ -23,4 +23,15 @@ void rotary_embedding(const float* x, int64_t tokens, int64_t heads, int64_t dim
                       int64_t head_stride, const int64_t* positions, const float* cos_cache, const float* sin_cache,
                       int64_t max_position, float* out, size_t num_threads);
 
+// SwiGLU: out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2 * inter] (row stride as
+// given, contiguous rows) into out [rows, inter]; silu(g) = g * sigmoid(g), sigmoid from an exp of
+// -|g| (never overflows), to float32 rounding (not bit for bit torch's Sleef exp).
+void silu_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out, size_t num_threads);
+
+// Writes the new keys and values of `tokens` tokens (rows of `row_floats` floats, row strides as
+// given) into cache slots `slots` ([tokens]; slot = block * block_size + offset, < 0 skipped) of
+// caches holding `num_slots` rows. A slot >= num_slots is std::invalid_argument before any write.
+void store_kv_cache(const float* k, int64_t k_stride, const float* v, int64_t v_stride, int64_t tokens,
+                    int64_t row_floats, const int64_t* slots, int64_t num_slots, float* k_cache, float* v_cache);
+
 }  // namespace fastllm::cpu

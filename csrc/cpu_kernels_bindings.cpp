@@ -8,9 +8,14 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "cpu_attention.h"
+#include "cpu_decoder.h"
 #include "cpu_elementwise.h"
+#include "cpu_quant_matmul.h"
 
 namespace py = pybind11;
 
@@ -137,6 +142,169 @@ void rotary_embedding(const Array<float>& q, const Array<float>& k, const Array<
     }
 }
 
+// GGUF-encoded weights cross as uint8 [rows, bytes per row] C-contiguous arrays with their ggml
+// type id; the C++ core checks the types and sizes (fastllm/kernels/cpu_quant.py is the layer above).
+fastllm::cpu::QuantMatrix quant_matrix(const Array<uint8_t>& w, int qtype, const std::string& name) {
+    const uint8_t* data = c_contiguous_data(w, name.c_str(), 2);
+    return fastllm::cpu::QuantMatrix{data, qtype, w.shape(0), w.shape(1)};
+}
+
+// out [M, sum N_i] = x [M, K] @ (the parts stacked by rows)^T.
+void quantized_matmul(const Array<float>& x, const std::vector<std::pair<Array<uint8_t>, int>>& parts,
+                      Array<float>& out, size_t num_threads) {
+    const float* x_data = c_contiguous_data(x, "x", 2);
+    float* out_data = writeable_output(out, "out", 2);
+    std::vector<fastllm::cpu::QuantMatrix> matrices;
+    py::ssize_t width = 0;
+    for (size_t i = 0; i < parts.size(); ++i) {
+        matrices.push_back(quant_matrix(parts[i].first, parts[i].second, "parts[" + std::to_string(i) + "]"));
+        width += parts[i].first.shape(0);
+    }
+    if (out.shape(0) != x.shape(0) || out.shape(1) != width) {
+        throw std::invalid_argument("out must have shape [" + std::to_string(x.shape(0)) + ", " + std::to_string(width) +
+                                    "] (x's rows, the parts' rows), got [" + std::to_string(out.shape(0)) + ", " +
+                                    std::to_string(out.shape(1)) + "]");
+    }
+    py::gil_scoped_release release;
+    fastllm::cpu::quantized_matmul(x_data, x.shape(0), x.shape(1), matrices.data(), matrices.size(), out_data,
+                                   num_threads);
+}
+
+// out [R, K] = the rows `rows` of w decoded; K is out's width.
+void dequantize_rows(const Array<uint8_t>& w, int qtype, const Array<int64_t>& rows, Array<float>& out,
+                     size_t num_threads) {
+    const fastllm::cpu::QuantMatrix matrix = quant_matrix(w, qtype, "w");
+    const int64_t* row_data = c_contiguous_data(rows, "rows", 1);
+    float* out_data = writeable_output(out, "out", 2);
+    if (out.shape(0) != rows.shape(0)) {
+        throw std::invalid_argument("out must have one row per index (" + std::to_string(rows.shape(0)) + "), got " +
+                                    std::to_string(out.shape(0)));
+    }
+    py::gil_scoped_release release;
+    fastllm::cpu::dequantize_rows(matrix, out.shape(1), row_data, rows.shape(0), out_data, num_threads);
+}
+
+// out [count, K] = rows first_row .. first_row + count - 1 of w decoded.
+void dequantize_row_range(const Array<uint8_t>& w, int qtype, int64_t first_row, Array<float>& out,
+                          size_t num_threads) {
+    const fastllm::cpu::QuantMatrix matrix = quant_matrix(w, qtype, "w");
+    float* out_data = writeable_output(out, "out", 2);
+    py::gil_scoped_release release;
+    fastllm::cpu::dequantize_row_range(matrix, out.shape(1), first_row, out.shape(0), out_data, num_threads);
+}
+
+// SwiGLU over x [rows, 2 * inter] (contiguous last axis) into out [rows, inter].
+void silu_and_mul(const Array<float>& x, Array<float>& out, size_t num_threads) {
+    const int64_t x_stride = row_stride(x, "x", 2);
+    float* out_data = writeable_output(out, "out", 2);
+    if (x.shape(1) % 2 || out.shape(0) != x.shape(0) || out.shape(1) * 2 != x.shape(1)) {
+        throw std::invalid_argument("x must be [rows, 2 * inter] and out [rows, inter]");
+    }
+    py::gil_scoped_release release;
+    fastllm::cpu::silu_and_mul(x.data(), x_stride, x.shape(0), out.shape(1), out_data, num_threads);
+}
+
+// New keys and values [tokens, heads, dim] (contiguous rows of heads * dim) into the caches' slots.
+void store_kv_cache(const Array<float>& k, const Array<float>& v, Array<float>& k_cache, Array<float>& v_cache,
+                    const Array<int64_t>& slot_mapping) {
+    for (const auto* t : {&k, &v}) {
+        if (t->ndim() != 3 || t->strides(2) != static_cast<py::ssize_t>(sizeof(float)) ||
+            t->strides(1) != t->shape(2) * static_cast<py::ssize_t>(sizeof(float))) {
+            throw std::invalid_argument("k and v must be [tokens, heads, dim] with contiguous rows of heads x dim");
+        }
+    }
+    float* keys = writeable_output(k_cache, "k_cache", 4);
+    float* values = writeable_output(v_cache, "v_cache", 4);
+    const int64_t* slots = c_contiguous_data(slot_mapping, "slot_mapping", 1);
+    const py::ssize_t tokens = k.shape(0), row = k.shape(1) * k.shape(2);
+    if (v.shape(0) != tokens || v.shape(1) * v.shape(2) != row || slot_mapping.shape(0) != tokens ||
+        k_cache.shape(2) * k_cache.shape(3) != row) {
+        throw std::invalid_argument("k, v, the caches and slot_mapping disagree on tokens, heads or head_dim");
+    }
+    for (py::ssize_t axis = 0; axis < 4; ++axis) {
+        if (k_cache.shape(axis) != v_cache.shape(axis)) throw std::invalid_argument("k_cache and v_cache shapes differ");
+    }
+    const int64_t floats = static_cast<int64_t>(sizeof(float));
+    py::gil_scoped_release release;
+    fastllm::cpu::store_kv_cache(k.data(), k.strides(0) / floats, v.data(), v.strides(0) / floats, tokens, row, slots,
+                                 k_cache.shape(0) * k_cache.shape(1), keys, values);
+}
+
+// Every decoder layer's weights, kept alive (the arrays may be views of a memory-mapped file).
+class DecoderStack {
+  public:
+    using Parts = std::vector<std::pair<Array<uint8_t>, int>>;
+    using Layer = std::tuple<Array<float>, Array<float>, Parts, Parts, Parts, Parts>;
+
+    DecoderStack(const std::vector<Layer>& layers, int64_t hidden, int64_t intermediate, int64_t num_heads,
+                 int64_t num_kv_heads, int64_t head_dim, float eps, float scale)
+        : arrays_(py::list()), shape_{hidden, intermediate, num_heads, num_kv_heads, head_dim, eps, scale} {
+        for (size_t i = 0; i < layers.size(); ++i) {
+            const auto& [input_norm, post_norm, qkv, o, gate_up, down] = layers[i];
+            const std::string name = "layers[" + std::to_string(i) + "]";
+            fastllm::cpu::DecoderLayerWeights weights{norm(input_norm, name + " input norm"),
+                                                      norm(post_norm, name + " post-attention norm"), matrices(qkv),
+                                                      matrices(o), matrices(gate_up), matrices(down)};
+            layers_.push_back(std::move(weights));
+        }
+    }
+
+    void decode(const Array<float>& hidden, const Array<int64_t>& positions, const Array<float>& cos_cache,
+                const Array<float>& sin_cache, Array<float>& kv_cache, const Array<int64_t>& slot_mapping,
+                const Array<int32_t>& context_lens, const Array<int32_t>& block_tables, Array<float>& hidden_out,
+                Array<float>& residual_out, size_t num_threads) const {
+        const float* in = c_contiguous_data(hidden, "hidden", 2);
+        float* cache = writeable_output(kv_cache, "kv_cache", 6);
+        float* out = writeable_output(hidden_out, "hidden_out", 2);
+        float* residual = writeable_output(residual_out, "residual_out", 2);
+        const py::ssize_t tokens = hidden.shape(0);
+        const int64_t* position_data = c_contiguous_data(positions, "positions", 1);
+        const int64_t* slots = c_contiguous_data(slot_mapping, "slot_mapping", 1);
+        const int32_t* seqlens = c_contiguous_data(context_lens, "context_lens", 1);
+        const int32_t* table = c_contiguous_data(block_tables, "block_tables", 2);
+        const float* cos = c_contiguous_data(cos_cache, "cos_cache", 2);
+        const float* sin = c_contiguous_data(sin_cache, "sin_cache", 2);
+        const bool shapes_agree =
+            hidden.shape(1) == shape_.hidden && positions.shape(0) == tokens && slot_mapping.shape(0) == tokens &&
+            context_lens.shape(0) == tokens && block_tables.shape(0) == tokens && hidden_out.shape(0) == tokens &&
+            hidden_out.shape(1) == shape_.hidden && residual_out.shape(0) == tokens &&
+            residual_out.shape(1) == shape_.hidden && cos_cache.shape(1) * 2 == shape_.head_dim &&
+            sin_cache.shape(0) == cos_cache.shape(0) && sin_cache.shape(1) == cos_cache.shape(1) &&
+            kv_cache.shape(0) == static_cast<py::ssize_t>(layers_.size()) && kv_cache.shape(1) == 2 &&
+            kv_cache.shape(4) == shape_.num_kv_heads && kv_cache.shape(5) == shape_.head_dim;
+        if (!shapes_agree) {
+            throw std::invalid_argument("hidden, positions, the rotary tables, kv_cache, slot_mapping, context_lens, "
+                                        "block_tables and the outputs disagree with the model or each other");
+        }
+        const fastllm::cpu::DecodeBatch batch{tokens, position_data, cos, sin, cos_cache.shape(0), slots, seqlens,
+                                              table, block_tables.shape(1)};
+        const fastllm::cpu::LayeredCache layered{cache, kv_cache.shape(2), kv_cache.shape(3)};
+        py::gil_scoped_release release;
+        fastllm::cpu::decode_layers(layers_, shape_, batch, in, layered, out, residual, num_threads);
+    }
+
+  private:
+    const float* norm(const Array<float>& weight, const std::string& name) {
+        const float* data = c_contiguous_data(weight, name.c_str(), 1);
+        if (weight.shape(0) != shape_.hidden) throw std::invalid_argument(name + " must have hidden_size values");
+        arrays_.append(weight);
+        return data;
+    }
+
+    std::vector<fastllm::cpu::QuantMatrix> matrices(const Parts& parts) {
+        std::vector<fastllm::cpu::QuantMatrix> out;
+        for (size_t i = 0; i < parts.size(); ++i) {
+            out.push_back(quant_matrix(parts[i].first, parts[i].second, "parts[" + std::to_string(i) + "]"));
+            arrays_.append(parts[i].first);
+        }
+        return out;
+    }
+
+    py::list arrays_;  // references that keep every weight array alive
+    fastllm::cpu::DecoderShape shape_;
+    std::vector<fastllm::cpu::DecoderLayerWeights> layers_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu_kernels, m) {
@@ -151,4 +319,34 @@ PYBIND11_MODULE(_cpu_kernels, m) {
     py::tuple head_dims(std::size(fastllm::cpu::kHeadDims));
     for (size_t i = 0; i < head_dims.size(); ++i) head_dims[i] = fastllm::cpu::kHeadDims[i];
     m.attr("head_dims") = head_dims;
+
+    m.def("quantized_matmul", &quantized_matmul, py::arg("x"), py::arg("parts"), py::arg("out"),
+          py::arg("num_threads"));
+    m.def("dequantize_rows", &dequantize_rows, py::arg("w"), py::arg("qtype"), py::arg("rows"), py::arg("out"),
+          py::arg("num_threads"));
+    m.def("dequantize_row_range", &dequantize_row_range, py::arg("w"), py::arg("qtype"), py::arg("first_row"),
+          py::arg("out"), py::arg("num_threads"));
+    m.def("quant_isa", &fastllm::cpu::quant_isa, "the ISA the quantized kernels run on");
+    m.def("quant_isas", [] {
+        const std::vector<std::string> names = fastllm::cpu::quant_isas();
+        py::tuple isas(names.size());
+        for (size_t i = 0; i < names.size(); ++i) isas[i] = names[i];
+        return isas;
+    }, "the ISAs this CPU runs, widest first");
+    m.def("set_quant_isa", &fastllm::cpu::set_quant_isa, py::arg("name"));
+    py::tuple quant_types(std::size(fastllm::cpu::quant::kTypes));
+    for (size_t i = 0; i < quant_types.size(); ++i) quant_types[i] = fastllm::cpu::quant::kTypes[i];
+    m.attr("quant_types") = quant_types;
+
+    m.def("silu_and_mul", &silu_and_mul, py::arg("x"), py::arg("out"), py::arg("num_threads"));
+    m.def("store_kv_cache", &store_kv_cache, py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"),
+          py::arg("slot_mapping"));
+    py::class_<DecoderStack>(m, "DecoderStack")
+        .def(py::init<const std::vector<DecoderStack::Layer>&, int64_t, int64_t, int64_t, int64_t, int64_t, float,
+                      float>(),
+             py::arg("layers"), py::arg("hidden_size"), py::arg("intermediate_size"), py::arg("num_heads"),
+             py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("rms_norm_eps"), py::arg("softmax_scale"))
+        .def("decode", &DecoderStack::decode, py::arg("hidden"), py::arg("positions"), py::arg("cos_cache"),
+             py::arg("sin_cache"), py::arg("kv_cache"), py::arg("slot_mapping"), py::arg("context_lens"),
+             py::arg("block_tables"), py::arg("hidden_out"), py::arg("residual_out"), py::arg("num_threads"));
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu_attention.h"
+#include "cpu_decoder.h"
 #include "cpu_elementwise.h"
 #include "test_checks.h"
 
@@ -205,6 +206,122 @@ void test_rotary_embedding() {
     }));
 }
 
+void test_silu_and_mul() {
+    std::mt19937 rng(5);
+    for (const int64_t inter : {1, 17, 1537}) {  // vector tails of every kind
+        const int64_t rows = 3, stride = 2 * inter + 5;
+        std::vector<float> x = random_floats(static_cast<size_t>((rows - 1) * stride + 2 * inter), rng);
+        for (float& value : x) value *= 8.0f;
+        std::vector<float> out(static_cast<size_t>(rows * inter));
+        silu_and_mul(x.data(), stride, rows, inter, out.data(), 2);
+        double worst = 0, largest = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t i = 0; i < inter; ++i) {
+                const double gate = x[r * stride + i], up = x[r * stride + inter + i];
+                const double expected = gate / (1.0 + std::exp(-gate)) * up;
+                worst = std::max(worst, std::abs(out[r * inter + i] - expected));
+                largest = std::max(largest, std::abs(expected));
+            }
+        }
+        CHECK(worst <= 1e-6 * largest);
+    }
+}
+
+void test_store_kv_cache() {
+    std::mt19937 rng(6);
+    const int64_t tokens = 5, row = 24, slots_in_cache = 9;
+    const std::vector<float> k = random_floats(static_cast<size_t>(tokens * row), rng);
+    const std::vector<float> v = random_floats(k.size(), rng);
+    const std::vector<int64_t> slots = {8, 0, -1, 3, 4};
+    std::vector<float> k_cache(static_cast<size_t>(slots_in_cache * row)), v_cache(k_cache.size());
+    store_kv_cache(k.data(), row, v.data(), row, tokens, row, slots.data(), slots_in_cache, k_cache.data(),
+                   v_cache.data());
+    for (int64_t t = 0; t < tokens; ++t) {
+        if (slots[t] < 0) continue;
+        CHECK(std::equal(k.begin() + t * row, k.begin() + (t + 1) * row, k_cache.begin() + slots[t] * row));
+        CHECK(std::equal(v.begin() + t * row, v.begin() + (t + 1) * row, v_cache.begin() + slots[t] * row));
+    }
+    const std::vector<int64_t> past_the_end = {0, 9};
+    CHECK(throws_invalid_argument([&] {
+        store_kv_cache(k.data(), row, v.data(), row, 2, row, past_the_end.data(), slots_in_cache, k_cache.data(),
+                       v_cache.data());
+    }));
+}
+
+// Two layers over float32 weights (ggml type 0), one decode step of 3 sequences, every buffer
+// allocated to the exact float: the one-call step against the same kernels called one by one.
+void test_decode_layers() {
+    std::mt19937 rng(7);
+    const DecoderShape shape{32, 48, 4, 2, 32, 1e-5f, 0.17f};
+    const int64_t q_size = 128, kv_size = 64, tokens = 3, block_size = 4, num_blocks = 7, layers_count = 2;
+    std::vector<std::vector<float>> storage;
+    auto matrix = [&](int64_t rows, int64_t cols) {
+        storage.push_back(random_floats(static_cast<size_t>(rows * cols), rng));
+        for (float& w : storage.back()) w *= 0.2f;
+        return QuantMatrix{reinterpret_cast<const uint8_t*>(storage.back().data()), 0, rows, cols * 4};
+    };
+    std::vector<DecoderLayerWeights> layers;
+    for (int64_t i = 0; i < layers_count; ++i) {
+        storage.push_back(random_floats(32, rng));
+        const float* input_norm = storage.back().data();
+        storage.push_back(random_floats(32, rng));
+        const float* post_norm = storage.back().data();
+        layers.push_back({input_norm, post_norm, {matrix(q_size, 32), matrix(2 * kv_size, 32)}, {matrix(32, q_size)},
+                          {matrix(96, 32)}, {matrix(32, 48)}});
+    }
+    const std::vector<float> hidden = random_floats(static_cast<size_t>(tokens * 32), rng);
+    const std::vector<float> cos = random_floats(20 * 16, rng), sin = random_floats(20 * 16, rng);
+    const std::vector<int64_t> positions = {0, 5, 9}, slots = {0, 13, 21};  // each at its position's block
+    const std::vector<int32_t> seqlens = {1, 6, 10}, table = {0, 5, 5, 2, 3, 5, 4, 6, 5};  // width 3
+    const DecodeBatch batch{tokens, positions.data(), cos.data(), sin.data(), 20, slots.data(), seqlens.data(),
+                            table.data(), 3};
+    const size_t cache_floats = static_cast<size_t>(layers_count * 2 * num_blocks * block_size * kv_size);
+    std::vector<float> cache = random_floats(cache_floats, rng), cache_by_steps = cache;
+    std::vector<float> out(hidden.size()), residual(hidden.size());
+    decode_layers(layers, shape, batch, hidden.data(), {cache.data(), num_blocks, block_size}, out.data(),
+                  residual.data(), 2);
+
+    std::vector<float> x = hidden, res(hidden.size()), normed(hidden.size()), qkv(tokens * (q_size + 2 * kv_size));
+    std::vector<float> q(tokens * q_size), k(tokens * kv_size), attended(q.size()), projected(hidden.size());
+    std::vector<float> gate_up(tokens * 96), activated(tokens * 48);
+    const int64_t layer_floats = num_blocks * block_size * kv_size;
+    for (int64_t i = 0; i < layers_count; ++i) {
+        const DecoderLayerWeights& w = layers[i];
+        float* keys = cache_by_steps.data() + 2 * i * layer_floats;
+        if (i == 0) {
+            rms_norm(x.data(), 32, nullptr, 0, tokens, 32, w.input_norm, 1e-5f, nullptr, normed.data(), 1);
+            res = x;
+        } else {
+            rms_norm(x.data(), 32, res.data(), 32, tokens, 32, w.input_norm, 1e-5f, res.data(), normed.data(), 1);
+        }
+        quantized_matmul(normed.data(), tokens, 32, w.qkv.data(), w.qkv.size(), qkv.data(), 1);
+        rotary_embedding(qkv.data(), tokens, 4, 32, 256, 32, positions.data(), cos.data(), sin.data(), 20, q.data(), 1);
+        rotary_embedding(qkv.data() + q_size, tokens, 2, 32, 256, 32, positions.data(), cos.data(), sin.data(), 20,
+                         k.data(), 1);
+        store_kv_cache(k.data(), kv_size, qkv.data() + q_size + kv_size, 256, tokens, kv_size, slots.data(),
+                       num_blocks * block_size, keys, keys + layer_floats);
+        paged_decode_attention(q.data(), tokens, 4, PagedCache{keys, keys + layer_floats, num_blocks, block_size, 2, 32},
+                               seqlens.data(), table.data(), 3, 0.17f, 1, attended.data());
+        quantized_matmul(attended.data(), tokens, q_size, w.o.data(), 1, projected.data(), 1);
+        rms_norm(projected.data(), 32, res.data(), 32, tokens, 32, w.post_attention_norm, 1e-5f, res.data(),
+                 normed.data(), 1);
+        quantized_matmul(normed.data(), tokens, 32, w.gate_up.data(), 1, gate_up.data(), 1);
+        silu_and_mul(gate_up.data(), 96, tokens, 48, activated.data(), 1);
+        quantized_matmul(activated.data(), tokens, 48, w.down.data(), 1, x.data(), 1);
+    }
+    CHECK(out == x && residual == res && cache == cache_by_steps);
+
+    const std::vector<int64_t> bad_slots = {0, 13, 28};
+    const DecodeBatch bad{tokens, positions.data(), cos.data(), sin.data(), 20, bad_slots.data(), seqlens.data(),
+                          table.data(), 3};
+    const std::vector<float> before = cache;
+    CHECK(throws_invalid_argument([&] {
+        decode_layers(layers, shape, bad, hidden.data(), {cache.data(), num_blocks, block_size}, out.data(),
+                      residual.data(), 2);
+    }));
+    CHECK(cache == before);
+}
+
 }  // namespace
 
 int main() {
@@ -212,5 +329,8 @@ int main() {
     test_invalid_arguments();
     test_rms_norm();
     test_rotary_embedding();
+    test_silu_and_mul();
+    test_store_kv_cache();
+    test_decode_layers();
     return fastllm::testing::report("cpu_kernels_test");
 }

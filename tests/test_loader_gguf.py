@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
 from fastllm.loader import CheckpointError, load_checkpoint
-from fastllm.loader.dequantize import GGUF_QUANTS_TYPES, dequantize
+from fastllm.model.quantized import GGUF_QUANTS_TYPES, dequantize
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.loader.gguf_loader import unpermute_qk
 from fastllm.model import LlamaForCausalLM, get_backend
@@ -530,3 +530,41 @@ def test_nested_arrays_are_refused_without_recursing(tmp_path):
     path.write_bytes(gguf_header(0, 1) + struct.pack("<Q", len(key)) + key + nest)
     with pytest.raises(CheckpointError, match=r"nested\.gguf: .*metadata 'x' .*arrays of arrays"):
         GGUFFile(path)
+
+
+def test_tensor_whose_bytes_do_not_match_its_type_and_shape(tmp_path):
+    # Tensor 'a' claims Q8_0 [2, 64] (136 bytes) where the file gives it 64 before tensor 'b' starts.
+    infos = b""
+    for name, dims, offset in ((b"a", (64, 2), 0), (b"b", (16,), 64)):
+        kind = Q.Q8_0 if name == b"a" else Q.F32
+        infos += struct.pack("<Q", len(name)) + name + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, int(kind), offset)
+    header = gguf_header(2, 0) + infos
+    padding = bytes(-len(header) % 32)
+    path = tmp_path / "mismatch.gguf"
+    path.write_bytes(header + padding + bytes(64 + 64 + 136))
+    with pytest.raises(CheckpointError, match=r"mismatch\.gguf: tensor 'a' \(Q8_0, shape \(2, 64\)\) needs 136 bytes "
+                                              r"but the file holds 64 for it before tensor 'b'"):
+        GGUFFile(path)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0, Q.F16])
+def test_kept_encoded_tensors_are_views_of_the_file_except_the_permuted_rows(tmp_path, qtype):
+    from fastllm.model.quantized import QuantizedTensor
+
+    path = tmp_path / "kept.gguf"
+    write_gguf(path, hf_weights(), qtype)
+    kept = load_checkpoint(path, keep_encoded={qtype}).weights
+    decoded = load_checkpoint(path).weights
+    in_place, copied = [], []
+    for name, tensor in kept.items():
+        if isinstance(tensor, torch.Tensor):
+            assert tensor.dim() == 1 and torch.equal(tensor, decoded[name])  # norms: float32 as ever
+            continue
+        assert isinstance(tensor, QuantizedTensor) and tensor.qtype == qtype
+        assert torch.equal(tensor.dequantize(), decoded[name].float())  # q/k un-permuted like the rest
+        permuted = name.endswith(("q_proj.weight", "k_proj.weight"))
+        (copied if permuted else in_place).append(tensor.data.data_ptr())
+    # The file is mapped in one piece: tensors read in place all lie within one file's length.
+    start, size = min(in_place), path.stat().st_size
+    assert all(start <= p < start + size for p in in_place)
+    assert not any(start <= p < start + size for p in copied)

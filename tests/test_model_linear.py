@@ -1,43 +1,51 @@
-"""`fastllm.model.linear`: oneDNN prepacked weights against F.linear, and how the model uses them."""
+"""`fastllm.model.linear`: the weight forms (dense, oneDNN-packed, GGUF-encoded) and which one a model gets."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gguf import GGMLQuantizationType as Q
+from gguf import quants as gguf_quants
 
+from fastllm.model.quantized import QuantizedTensor
 from fastllm.model import LlamaForCausalLM, get_backend
-from fastllm.model.linear import linear, onednn_applies, prepack
+from fastllm.model.linear import DenseLinear, EncodedLinear, Embedding, encoded_types, make_linear, onednn_applies, prepack
 from llama_testing import random_weights, tiny_config
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+ENCODED = encoded_types("cpu", torch.device("cpu"), torch.float32)
+
+
+def _quantized(rows: int, cols: int, qtype: Q, seed: int) -> tuple[QuantizedTensor, torch.Tensor]:
+    """A random matrix in `qtype` and its float32 dequantization (gguf's own)."""
+    values = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    blocks = gguf_quants.quantize(values, qtype)
+    return QuantizedTensor(torch.from_numpy(blocks), qtype, (rows, cols)), torch.from_numpy(
+        gguf_quants.dequantize(blocks, qtype))
+
+
+def _max_relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected).abs().max() / expected.abs().max()).item()
 
 
 @needs_onednn
 @pytest.mark.parametrize("rows", [1, 3, 17, 130])
 @pytest.mark.parametrize(("out_features", "in_features"), [(7, 5), (96, 33), (257, 64)])
-def test_prepacked_linear_matches_f_linear(rows, out_features, in_features):
+def test_prepacked_matmul_matches_f_linear(rows, out_features, in_features):
     x = torch.randn(rows, in_features, dtype=torch.float64)
     weight = torch.randn(out_features, in_features, dtype=torch.float64)
-    expected = F.linear(x, weight)
-    got = linear(x.float(), prepack(weight.float()))
-    assert got.shape == (rows, out_features) and got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
-
-
-@needs_onednn
-def test_prepacked_linear_takes_leading_dims_and_round_trips():
-    weight = torch.randn(12, 8)
-    packed = prepack(weight)
-    assert packed.is_mkldnn and packed.shape == weight.shape
-    assert torch.equal(packed.to_dense(), weight)
-    x = torch.randn(2, 3, 8)
-    torch.testing.assert_close(linear(x, packed), F.linear(x, weight), rtol=1e-6, atol=1e-6)
+    packed = DenseLinear(prepack(weight.float()))
+    got = packed(x.float())
+    assert packed.packed and got.shape == (rows, out_features) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.dense(), weight.float())
 
 
 def test_dense_weights_go_to_f_linear():
     x, weight = torch.randn(4, 6, dtype=torch.float16), torch.randn(5, 6, dtype=torch.float16)
-    assert torch.equal(linear(x, weight), F.linear(x, weight))
+    assert torch.equal(DenseLinear(weight)(x), F.linear(x, weight))
 
 
 @needs_onednn
@@ -61,25 +69,74 @@ def test_prepack_rejects_an_already_packed_weight():
         prepack(prepack(torch.randn(3, 3)))
 
 
-@needs_onednn
+def test_encoded_stack_of_mixed_types_matches_its_dequantization():
+    q, q_dense = _quantized(40, 64, Q.Q4_0, seed=1)
+    k, k_dense = _quantized(8, 64, Q.Q8_0, seed=2)
+    v = torch.randn(8, 64).to(torch.float16)
+    linear = make_linear([q, k, v], dtype=torch.float32, device=torch.device("cpu"), encoded_types=ENCODED)
+    assert isinstance(linear, EncodedLinear) and (linear.out_features, linear.in_features) == (56, 64)
+    assert linear.nbytes == q.nbytes + k.nbytes + v.numel() * 2  # no float32 copy of anything
+    expected_weight = torch.cat([q_dense, k_dense, v.float()])
+    assert torch.equal(linear.dense(), expected_weight)
+    for rows in (1, 5, 300):  # both implementations, whichever the crossover measured here
+        x = torch.randn(2, rows, 64)
+        got = linear(x)
+        assert got.shape == (2, rows, 56)
+        assert _max_relative_error(got, x.double() @ expected_weight.double().T) < 1e-5
+
+
+def test_without_encoded_types_every_part_becomes_a_dense_tensor_of_the_model_dtype():
+    q, q_dense = _quantized(8, 32, Q.Q4_1, seed=3)
+    linear = make_linear([q, torch.randn(4, 32)], dtype=torch.bfloat16, device=torch.device("cpu"),
+                         encoded_types=frozenset())
+    assert isinstance(linear, DenseLinear) and not linear.packed and linear.dense().dtype == torch.bfloat16
+    assert torch.equal(linear.dense()[:8], q_dense.to(torch.bfloat16))
+
+
+def test_all_float32_parts_stay_dense_even_where_blocks_are_read():
+    weight = torch.randn(9, 16)
+    linear = make_linear([weight], dtype=torch.float32, device=torch.device("cpu"), encoded_types=ENCODED)
+    assert isinstance(linear, DenseLinear) and torch.equal(linear.dense(), weight)
+
+
+def test_encoded_embedding_decodes_only_the_rows_looked_up():
+    table, dense = _quantized(30, 64, Q.Q8_0, seed=4)
+    ids = torch.tensor([3, 0, 29, 3])
+    assert torch.equal(Embedding(table)(ids), dense[ids])
+    assert Embedding(table).nbytes == table.nbytes
+
+
+def test_quantized_tensor_checks_its_bytes():
+    with pytest.raises(ValueError, match=r"Q4_0 and shape \(2, 64\) needs data of shape \(2, 36\)"):
+        QuantizedTensor(torch.zeros(2, 35, dtype=torch.uint8), Q.Q4_0, (2, 64))
+    with pytest.raises(ValueError, match="2-D uint8 tensor"):
+        QuantizedTensor(torch.zeros(2, 36), Q.Q4_0, (2, 64))
+
+
 @pytest.mark.parametrize("tied", [True, False])
-def test_float32_cpu_model_packs_projections_and_keeps_lookups_dense(tied):
-    model = LlamaForCausalLM(tiny_config(tie_word_embeddings=tied), get_backend("torch"), dtype=torch.float32)
+def test_cpu_backend_float32_model_keeps_gguf_blocks_and_shares_a_tied_table(tied):
+    config = tiny_config(tie_word_embeddings=tied, hidden_size=64, intermediate_size=96, head_dim=8,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config, get_backend("cpu"), dtype=torch.float32)
+    weights = random_weights(model)
+    encoded = {name: _quantized(*w.shape, Q.Q8_0, seed=i)[0] if w.dim() == 2 else w
+               for i, (name, w) in enumerate(weights.items())}
+    model.load_weights(encoded)
+    attn = model.layers[0].self_attn
+    assert isinstance(attn.qkv_proj, EncodedLinear) and isinstance(model.embed_tokens.weight, QuantizedTensor)
+    if tied:
+        assert model.lm_head.parts[0] is model.embed_tokens.weight  # one copy of the table
+    hidden = torch.randn(3, config.hidden_size)
+    head = encoded["model.embed_tokens.weight" if tied else "lm_head.weight"].dequantize()
+    assert _max_relative_error(model.compute_logits(hidden), hidden.double() @ head.double().T) < 1e-5
+
+
+def test_torch_backend_stays_the_plain_float_reference():
+    model = LlamaForCausalLM(tiny_config(), get_backend("torch"), dtype=torch.float32)
     weights = random_weights(model)
     model.load_weights(weights)
-    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
-    assert attn.qkv_proj.is_mkldnn and attn.o_proj.is_mkldnn and mlp.gate_up_proj.is_mkldnn and mlp.down_proj.is_mkldnn
+    attn = model.layers[0].self_attn
+    assert isinstance(attn.qkv_proj, DenseLinear) and not attn.qkv_proj.packed
     expected_qkv = torch.cat([weights[f"model.layers.0.self_attn.{p}_proj.weight"] for p in "qkv"])
-    assert torch.equal(attn.qkv_proj.to_dense(), expected_qkv)
-    assert not model.embed_tokens.is_mkldnn and not model.norm.weight.is_mkldnn
-    assert model.lm_head.is_mkldnn != tied  # tied: the embedding stays dense, the logits use a packed copy
-    hidden = torch.randn(3, model.config.hidden_size)
-    head = weights["model.embed_tokens.weight" if tied else "lm_head.weight"]
-    torch.testing.assert_close(model.compute_logits(hidden), F.linear(hidden, head), rtol=1e-5, atol=1e-5)
-
-
-def test_half_precision_cpu_model_stays_dense():
-    model = LlamaForCausalLM(tiny_config(), get_backend("torch"), dtype=torch.float16)
-    model.load_weights(random_weights(model))
-    assert not any(p.is_mkldnn for p in model.parameters())
-    assert model.compute_logits(torch.randn(2, model.config.hidden_size, dtype=torch.float16)).dtype == torch.float32
+    assert torch.equal(attn.qkv_proj.dense(), expected_qkv)
+    assert model.compute_logits(torch.randn(2, model.config.hidden_size)).dtype == torch.float32

@@ -9,13 +9,15 @@ import torch
 
 from fastllm.loader import load_checkpoint
 from fastllm.loader.default_model import default_model_path
-from fastllm.model import AttentionMetadata, LlamaForCausalLM, get_backend
+from fastllm.model import AttentionMetadata, LlamaForCausalLM, get_backend, load_model
 from llama_testing import hf_greedy, paged_logits, random_weights, tiny_config
 
-# |logit difference| against HF on CPU float32, logits of magnitude 20-35 (fastllm's oneDNN
-# matmuls and HF's MKL ones sum in different orders): over 300 random prompts of 1-31 tokens,
-# median 6.4e-5, worst 8.6e-4, and CI once met 1.28e-3 (the first position of a 2-token prompt:
-# short prompts carry the tail). A real bug moves logits by 1e-1 or more (bfloat16 alone does).
+# |logit difference| against HF on CPU float32, logits of magnitude 20-35 (fastllm's matmuls and
+# HF's MKL ones sum the same products in different orders). Over 150 random prompts of 1-31
+# tokens, 3 positions each: median 1.7e-5 / 3.0e-5, worst 1.1e-4 / 1.4e-4 (backend "torch" /
+# backend "cpu" with GGUF blocks decoded in its kernels); with oneDNN matmuls, 300 prompts had
+# reached 8.6e-4 and CI once met 1.28e-3 (short prompts carry the tail). A real bug moves logits
+# by 1e-1 or more (bfloat16 alone does).
 LOGIT_ATOL = 5e-3
 
 
@@ -26,9 +28,21 @@ def default_checkpoint():
 
 @pytest.fixture(scope="module")
 def default_model(default_checkpoint):
+    """The plain float32 reference: weights dequantized at load, PyTorch ops."""
     model = LlamaForCausalLM(default_checkpoint.config, get_backend("torch"), dtype=torch.float32)
     model.load_weights(default_checkpoint.weights)
     return model.eval()
+
+
+@pytest.fixture(scope="module", params=["torch", "cpu"])
+def model_per_backend(request, default_model):
+    """The reference, and backend "cpu" as the engine loads it: GGUF blocks decoded inside C++ matmuls,
+    one-call decode steps."""
+    if request.param == "torch":
+        return default_model
+    model, _ = load_model(None, dtype=torch.float32, device="cpu", backend=get_backend("cpu"))
+    assert model._fused_decode is not None
+    return model
 
 
 def assert_same_argmax(got: torch.Tensor, expected: torch.Tensor) -> None:
@@ -64,20 +78,20 @@ def test_default_config(default_checkpoint):
     assert "<|im_start|>" in config.extra["chat_template"]
 
 
-def test_single_prompt_matches_hf(default_model, hf_default_model):
-    # On CPU float32 fastllm's matmuls run in oneDNN (prepacked weights), HF's in MKL: the same
-    # products summed in another order, so logits agree to float32 rounding, not bit for bit.
-    [prompt] = random_prompts([23], default_model.config.vocab_size)
+def test_single_prompt_matches_hf(model_per_backend, hf_default_model):
+    # fastllm's matmuls and HF's (MKL) sum the same float32 products in another order, so logits
+    # agree to float32 rounding, not bit for bit.
+    [prompt] = random_prompts([23], model_per_backend.config.vocab_size)
     expected, fed = hf_greedy(hf_default_model, prompt, steps=3)
-    [got] = paged_logits(default_model, [prompt], [fed], block_size=16)
+    [got] = paged_logits(model_per_backend, [prompt], [fed], block_size=16)
     torch.testing.assert_close(got, expected, rtol=0, atol=LOGIT_ATOL)
     assert_same_argmax(got, expected)
 
 
-def test_packed_prefill_and_batched_decode_match_hf(default_model, hf_default_model):
-    prompts = random_prompts([5, 17, 2, 31], default_model.config.vocab_size)
+def test_packed_prefill_and_batched_decode_match_hf(model_per_backend, hf_default_model):
+    prompts = random_prompts([5, 17, 2, 31], model_per_backend.config.vocab_size)
     references = [hf_greedy(hf_default_model, prompt, steps=2) for prompt in prompts]
-    got = paged_logits(default_model, prompts, [fed for _, fed in references], block_size=4)
+    got = paged_logits(model_per_backend, prompts, [fed for _, fed in references], block_size=4)
     for prompt, (expected, _), logits in zip(prompts, references, got):
         torch.testing.assert_close(logits, expected, rtol=0, atol=LOGIT_ATOL, msg=f"prompt {prompt}")
         assert_same_argmax(logits, expected)
@@ -108,7 +122,7 @@ def test_chunked_prefill_over_the_paged_cache_matches_one_shot_prefill(default_m
         second = default_model(
             ids[split:], positions[split:], _prefill_meta([29 - split], [29], slots[split:], table), cache
         )
-    # The chunks' matmuls have fewer rows than the whole prompt's, so oneDNN may block and sum
+    # The chunks' matmuls have fewer rows than the whole prompt's, so they may block and sum
     # them differently: float32 rounding through 30 layers, the same bound as against HF.
     torch.testing.assert_close(torch.cat([first, second]), whole, rtol=0, atol=LOGIT_ATOL)
 
@@ -117,7 +131,8 @@ def test_bfloat16_tracks_float32(default_checkpoint, default_model):
     # float16 and more dtypes are checked against HF on a tiny model (test_loader_hf.py).
     model = LlamaForCausalLM(default_checkpoint.config, get_backend("torch"), dtype=torch.bfloat16)
     model.load_weights(default_checkpoint.weights)
-    assert model.embed_tokens.dtype == torch.bfloat16 and model.layers[0].self_attn.qkv_proj.dtype == torch.bfloat16
+    assert model.embed_tokens.dense().dtype == torch.bfloat16
+    assert model.layers[0].self_attn.qkv_proj.dense().dtype == torch.bfloat16
     prompts = random_prompts([11], default_checkpoint.config.vocab_size)
     [low] = paged_logits(model, prompts, [[42]])
     [full] = paged_logits(default_model, prompts, [[42]])
@@ -163,8 +178,8 @@ def test_tied_model_shares_embeddings_and_ignores_lm_head():
     model = LlamaForCausalLM(tiny_config(tie_word_embeddings=True), get_backend("torch"))
     weights = random_weights(model)
     model.load_weights({**weights, "lm_head.weight": torch.zeros(50, 24)})
-    assert torch.equal(model.lm_head, weights["model.embed_tokens.weight"])
-    assert model.lm_head is model.embed_tokens
+    assert torch.equal(model.lm_head.dense(), weights["model.embed_tokens.weight"])
+    assert model.lm_head.weight is model.embed_tokens.weight  # one table for the lookup and the logits
 
 
 def test_constructor_and_forward_argument_errors():

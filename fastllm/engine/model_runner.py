@@ -10,8 +10,8 @@ Logits are computed only for the rows that sample.
 from __future__ import annotations
 
 import math
+import mmap
 
-import numpy as np
 import torch
 
 from fastllm.engine.cuda_graphs import DecodeGraphs, graph_blocks_per_seq
@@ -31,13 +31,15 @@ def zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     """The KV pool, zeroed: attention reads whole blocks and masks the unused tail, and a NaN left
     in memory would survive the mask (0 * NaN).
 
-    On a CPU the zeros come from calloc (through numpy), which for a large pool maps pages the OS
-    zeroes on first touch: start-up no longer writes the whole pool (0.6 s for the default 1 GiB
-    here), and a short session touches only the blocks it uses.
+    On a CPU the pool is an anonymous memory mapping, whose pages the OS zeroes on first touch:
+    start-up does not write the whole pool (0.6 s for the default 1 GiB), and a session holds only
+    the pages its blocks touch. Ordinary 4 KiB pages, on purpose: numpy's large allocations ask
+    for 2 MiB pages, and with those every layer's first block made 4 MiB resident.
     """
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    return torch.from_numpy(np.zeros(math.prod(shape) * dtype.itemsize, dtype=np.uint8)).view(dtype).view(shape)
+    pages = mmap.mmap(-1, max(math.prod(shape) * dtype.itemsize, 1))
+    return torch.frombuffer(pages, dtype=torch.uint8)[: math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
 
 
 def slots_of(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:

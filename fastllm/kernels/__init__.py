@@ -17,34 +17,23 @@ launching does, or TRITON_INTERPRET=1 set before the import, which runs the kern
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastllm._lazy import lazy_exports
 
 # Imported on first use: the "torch" and "cpu" backends import this package's reference and C++
-# ops, and must not pay for Triton (about 70 MB of resident memory, and its start-up time).
-_KERNEL_MODULES = {
+# ops, and must not pay for Triton (about 70 MB of resident memory, and its start-up time). No
+# module is named like a function here: importing it would bind its name to the module.
+_EXPORTS = {
     "fused_add_rms_norm": "fastllm.kernels.norm",
     "paged_decode_attention": "fastllm.kernels.decode_attention",
     "rms_norm": "fastllm.kernels.norm",
     "rotary_embedding": "fastllm.kernels.rotary",
     "sample": "fastllm.kernels.sampling",
     "silu_and_mul": "fastllm.kernels.activation",
-    "softmax": "fastllm.kernels.softmax",
+    "softmax": "fastllm.kernels.fused_softmax",
     "store_kv_cache": "fastllm.kernels.kv_cache",
     "varlen_attention": "fastllm.kernels.attention",
 }
 
-__all__ = sorted(_KERNEL_MODULES)
+__all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _KERNEL_MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastllm.kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,9 +3,11 @@
 - `paged_decode_attention`: the reference spends most of its time gathering every sequence's
   cache blocks into one padded tensor for SDPA; the kernel (csrc/cpu_attention.cpp) reads the
   blocks where they are, one pass per (sequence, KV head) with an online softmax.
-- `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`: at decode sizes the reference is mostly
-  per-op overhead (several PyTorch calls each); the kernels (csrc/cpu_elementwise.cpp) make one
-  pass and compute each element as the reference does.
+- `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`, `silu_and_mul`, `store_kv_cache`: at
+  decode sizes the reference is mostly per-op overhead (several PyTorch calls each); the kernels
+  (csrc/cpu_elementwise.cpp) make one pass and compute each element as the reference does (SwiGLU's
+  exp to float32 rounding rather than torch's own). They are also what the one-call decode step
+  of `fastllm.model.cpu_decode` runs, so both paths give the same numbers.
 
 All run on torch's own intra-op threads. They take float32 CPU tensors (and, for attention,
 contiguous caches and the head dims of Llama-family models, `_cpu_kernels.head_dims`): what the
@@ -20,8 +22,15 @@ import torch
 
 from fastllm import _cpu_kernels
 from fastllm.kernels import reference
-from fastllm.kernels._checks import check_paged_decode, check_rms_norm, check_rotary, check_softmax_scale
-from fastllm.kernels.reference import sample, silu_and_mul, softmax, store_kv_cache, varlen_attention
+from fastllm.kernels._checks import (
+    check_paged_decode,
+    check_rms_norm,
+    check_rotary,
+    check_silu_and_mul,
+    check_softmax_scale,
+    check_store_kv_cache,
+)
+from fastllm.kernels.reference import sample, softmax, varlen_attention
 
 __all__ = [
     "fused_add_rms_norm",
@@ -97,6 +106,31 @@ def rotary_embedding(
         sin_cache.contiguous().numpy(), out_q.numpy(), out_k.numpy(), torch.get_num_threads(),
     )
     return out_q, out_k
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """`fastllm.kernels.reference.silu_and_mul`, in C++ for float32 CPU rows [T, 2 * I]."""
+    if not (_float32_cpu(x) and _rows(x)):
+        return reference.silu_and_mul(x)
+    check_silu_and_mul(x)
+    out = torch.empty((x.shape[0], x.shape[1] // 2), dtype=x.dtype)
+    _cpu_kernels.silu_and_mul(x.numpy(), out.numpy(), torch.get_num_threads())
+    return out
+
+
+def store_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """`fastllm.kernels.reference.store_kv_cache`, in C++ for float32 CPU tensors with contiguous
+    token rows and caches."""
+    rows_contiguous = all(t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2] for t in (k, v))
+    if not (_float32_cpu(k, v, k_cache, v_cache) and rows_contiguous and k_cache.is_contiguous()
+            and v_cache.is_contiguous()):
+        reference.store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+        return
+    check_store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    _cpu_kernels.store_kv_cache(k.numpy(), v.numpy(), k_cache.numpy(), v_cache.numpy(),
+                                slot_mapping.to(torch.int64).contiguous().numpy())
 
 
 def _native_decode_applies(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:

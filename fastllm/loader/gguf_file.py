@@ -180,6 +180,19 @@ class GGUFFile:
                     f"{info.offset + info.nbytes}, the file has {len(self._buf)}"
                 )
             self.tensors[name] = info
+        self._check_no_overlap()
+
+    def _check_no_overlap(self) -> None:
+        """Each tensor's bytes (from its shape and type) must end before the next tensor's data starts:
+        otherwise its shape or type does not match the bytes the file holds for it."""
+        ordered = sorted(self.tensors.values(), key=lambda info: info.offset)
+        for info, following in zip(ordered, ordered[1:]):
+            if info.offset + info.nbytes > following.offset:
+                raise CheckpointError(
+                    self.path, f"tensor {info.name!r} ({info.qtype.name}, shape {info.shape}) needs {info.nbytes} "
+                    f"bytes but the file holds {following.offset - info.offset} for it before tensor "
+                    f"{following.name!r}: its byte size does not match its type and shape"
+                )
 
     def _read_metadata(self, cursor: _Cursor, count: int) -> dict[str, Any]:
         metadata: dict[str, Any] = {}
@@ -219,6 +232,16 @@ class GGUFFile:
         info = self.tensors[name]
         data = np.frombuffer(self._buf, dtype=np.uint8, count=info.nbytes, offset=info.offset)
         return data.reshape(*info.shape[:-1], -1)
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of a tensor whose bytes were copied out (they stop counting as resident
+        memory; reading them again reloads them from the file)."""
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page  # whole pages inside the tensor only: neighbours stay mapped
+        end = (info.offset + info.nbytes) // page * page
+        if end > start:
+            self._buf.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _tensor_nbytes(path: str, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:

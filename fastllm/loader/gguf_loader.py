@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from gguf import GGMLQuantizationType
 
 from fastllm.loader.checkpoint import Checkpoint, CheckpointError
-from fastllm.loader.dequantize import dequantize
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.model.config import ModelConfig
+from fastllm.model.quantized import FLOAT_TYPES, QuantizedTensor, dequantize
 from fastllm.model.weights import ROPE_FREQS, shape_problems
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -160,8 +166,13 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
         raise CheckpointError(gguf.path, f"invalid model hyper-parameters: {exc}") from None
 
 
-def load_gguf(path: str | os.PathLike) -> Checkpoint:
-    """Load a llama-architecture GGUF file: config from its metadata, weights dequantized to HF layout."""
+def load_gguf(path: str | os.PathLike, *, keep_encoded: Collection[GGMLQuantizationType] = ()) -> Checkpoint:
+    """Load a llama-architecture GGUF file: config from its metadata, weights in HF names and layout.
+
+    Matrices whose type is in `keep_encoded` stay in their GGUF encoding (`QuantizedTensor`, a view
+    of the memory-mapped file, or one copy for the Q/K rows that llama.cpp permutes); every other
+    tensor is dequantized to float32 (float types keep their dtype).
+    """
     gguf = GGUFFile(path)
     arch = gguf.metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -189,15 +200,29 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
         "self_attn.q_proj.weight": config.num_attention_heads,
         "self_attn.k_proj.weight": config.num_key_value_heads,
     }
-    weights = {}
+    weights: dict[str, torch.Tensor | QuantizedTensor] = {}
+    decoded_types = set()
     for name, info in gguf.tensors.items():
         target = hf_name(name)
         raw = gguf.raw(name)
         num_heads = next((count for suffix, count in heads.items() if target.endswith(suffix)), None)
         if num_heads is not None:
-            raw = unpermute_qk(raw, num_heads)
+            raw = unpermute_qk(raw, num_heads)  # a copy: the mapped pages are dropped below
+        encoded = len(info.shape) == 2 and info.qtype in keep_encoded
         try:
-            weights[target] = dequantize(raw, info.qtype, info.shape)
+            if encoded:
+                weights[target] = QuantizedTensor(torch.from_numpy(raw), info.qtype, info.shape)
+            else:
+                weights[target] = dequantize(raw, info.qtype, info.shape)
+                if info.qtype not in FLOAT_TYPES:
+                    decoded_types.add(info.qtype)
         except ValueError as exc:
             raise CheckpointError(gguf.path, f"tensor {name!r}: {exc}") from None
+        if num_heads is not None or not (encoded or info.qtype in FLOAT_TYPES):
+            gguf.release(name)  # nothing reads the mapped bytes again: they were copied (un-permuted or decoded)
+    if keep_encoded and decoded_types:
+        logger.info(
+            "%s: %s tensors are dequantized to float32 at load (no kernel reads them encoded)",
+            gguf.path, ", ".join(sorted(t.name for t in decoded_types)),
+        )
     return Checkpoint(config=config, weights=weights, path=gguf.path, format="gguf")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastllm._lazy import lazy_exports
 
 # Names resolve lazily: the tokenizer reaches ModelConfig through fastllm.loader without torch,
 # and load_model (built on fastllm.loader, itself built on ModelConfig) would otherwise be a cycle.
@@ -19,9 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastllm.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,8 +7,9 @@ through the backend, so the same module runs on the PyTorch reference ops or the
 Numerics mirror HF transformers' LlamaForCausalLM (RMSNorm normalizes in float32 then casts
 before scaling, rotary tables in float32, residual adds in the model dtype, SDPA attention), so
 greedy decoding matches it token for token. The q/k/v and gate/up projections are fused into
-one matmul each. On a CPU in float32 the matmuls run in oneDNN on prepacked weights
-(`fastllm.model.linear`), HF's in MKL: logits agree to float32 rounding (within ~2e-4), not bit for bit.
+one matmul each. Weights live in the form `fastllm.model.linear` picks for the device, dtype and
+backend (on a CPU with backend "cpu", GGUF blocks decoded inside the matmuls); its matmuls sum in
+another order than HF's, so logits agree to float32 rounding, not bit for bit.
 """
 
 from __future__ import annotations
@@ -16,19 +17,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastllm.model.backend import AttentionMetadata, Backend
 from fastllm.model.config import ModelConfig
-from fastllm.model.linear import linear, onednn_applies, prepack
+from fastllm.model.cpu_decode import FusedDecode
+from fastllm.model.quantized import QuantizedTensor
+from fastllm.model.linear import Embedding, Linear, encoded_types, make_linear
 from fastllm.model.rotary import rope_inv_freq, rotary_cos_sin
 from fastllm.model.weights import ROPE_FREQS, weight_problems
+
+Weights = Mapping[str, "torch.Tensor | QuantizedTensor"]
 
 
 def _weight(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> nn.Parameter:
     # Uninitialized: every parameter is overwritten by load_weights.
     return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+def _dense(weight: torch.Tensor | QuantizedTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if isinstance(weight, QuantizedTensor):
+        return weight.dequantize(dtype, device)
+    return weight.to(device=device, dtype=dtype).contiguous()
 
 
 class RMSNorm(nn.Module):
@@ -57,8 +67,8 @@ class LlamaAttention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.scale = self.head_dim**-0.5
-        self.qkv_proj = _weight((self.q_size + 2 * self.kv_size, config.hidden_size), dtype, device)
-        self.o_proj = _weight((config.hidden_size, self.q_size), dtype, device)
+        self.qkv_proj: Linear | None = None  # set by LlamaForCausalLM.load_weights
+        self.o_proj: Linear | None = None
 
     def forward(
         self,
@@ -70,7 +80,7 @@ class LlamaAttention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         tokens = hidden.shape[0]
-        q, k, v = linear(hidden, self.qkv_proj).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q, k = self.backend.rotary_embedding(
             q.view(tokens, self.num_heads, self.head_dim),
             k.view(tokens, self.num_kv_heads, self.head_dim),
@@ -79,18 +89,18 @@ class LlamaAttention(nn.Module):
         )
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = self.backend.attention(q, k, v, k_cache, v_cache, meta, self.scale)
-        return linear(out.reshape(tokens, self.q_size), self.o_proj)
+        return self.o_proj(out.reshape(tokens, self.q_size))
 
 
 class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig, backend: Backend, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.backend = backend
-        self.gate_up_proj = _weight((2 * config.intermediate_size, config.hidden_size), dtype, device)
-        self.down_proj = _weight((config.hidden_size, config.intermediate_size), dtype, device)
+        self.gate_up_proj: Linear | None = None  # set by LlamaForCausalLM.load_weights
+        self.down_proj: Linear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.backend.silu_and_mul(linear(x, self.gate_up_proj)), self.down_proj)
+        return self.down_proj(self.backend.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -122,7 +132,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """A Llama-family causal LM whose attention reads and writes a paged KV cache.
 
-    Build it, then `load_weights` (HF LlamaForCausalLM names); parameters start uninitialized.
+    Build it, then `load_weights` (HF LlamaForCausalLM names); it holds no weights before.
     """
 
     def __init__(
@@ -140,23 +150,25 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.backend = backend
         self.dtype = dtype
-        self.embed_tokens = _weight((config.vocab_size, config.hidden_size), dtype, device)
+        self._device = device
+        self.embed_tokens: Embedding | None = None  # set by load_weights
+        self.lm_head: Linear | None = None
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, backend, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, dtype=dtype, device=device)
-        self.lm_head = (
-            self.embed_tokens
-            if config.tie_word_embeddings
-            else _weight((config.vocab_size, config.hidden_size), dtype, device)
-        )
-        # A prepacked copy of tied embeddings for compute_logits (load_weights); None: use lm_head.
-        self._packed_tied_lm_head: torch.Tensor | None = None
+        # backend "cpu" with encoded weights: decode steps run every layer in one C++ call (load_weights).
+        self._fused_decode: FusedDecode | None = None
         self._set_rotary(None, device)
 
     @property
     def device(self) -> torch.device:
-        return self.embed_tokens.device
+        return self._device
+
+    @property
+    def encoded_types(self) -> frozenset:
+        """The GGUF types whose weights this model keeps encoded (see `fastllm.model.linear.encoded_types`)."""
+        return encoded_types(self.backend.name, self.device, self.dtype)
 
     def _set_rotary(self, rope_freqs: torch.Tensor | None, device: torch.device) -> None:
         config = self.config
@@ -167,66 +179,59 @@ class LlamaForCausalLM(nn.Module):
 
     # -- weights ---------------------------------------------------------------------------
 
-    def _weight_sources(self) -> list[tuple[nn.Module, str, list[str]]]:
-        """(module, parameter name, checkpoint tensors it is made of, stacked by rows in this order)."""
-        config = self.config
-        sources = [(self, "embed_tokens", ["model.embed_tokens.weight"]), (self.norm, "weight", ["model.norm.weight"])]
-        if not config.tie_word_embeddings:
-            sources.append((self, "lm_head", ["lm_head.weight"]))
+    def _projections(self) -> list[tuple[nn.Module, str, list[str]]]:
+        """(module, attribute, checkpoint tensors stacked by rows into it) of every matmul weight."""
+        head = "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
+        sources = [(self, "lm_head", [head])]
         for i, layer in enumerate(self.layers):
             prefix = f"model.layers.{i}."
             attn, mlp = layer.self_attn, layer.mlp
             sources += [
-                (layer.input_layernorm, "weight", [prefix + "input_layernorm.weight"]),
                 (attn, "qkv_proj", [prefix + f"self_attn.{p}_proj.weight" for p in "qkv"]),
                 (attn, "o_proj", [prefix + "self_attn.o_proj.weight"]),
-                (layer.post_attention_layernorm, "weight", [prefix + "post_attention_layernorm.weight"]),
                 (mlp, "gate_up_proj", [prefix + "mlp.gate_proj.weight", prefix + "mlp.up_proj.weight"]),
                 (mlp, "down_proj", [prefix + "mlp.down_proj.weight"]),
             ]
         return sources
 
-    def _projections(self) -> list[tuple[nn.Module, str]]:
-        """The (module, parameter name) of every weight used only as a matmul operand."""
-        names = [(self, "lm_head")] if not self.config.tie_word_embeddings else []
-        for layer in self.layers:
-            names += [(layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj")]
-            names += [(layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")]
-        return names
+    def _norms(self) -> list[tuple[RMSNorm, str]]:
+        norms = [(self.norm, "model.norm.weight")]
+        for i, layer in enumerate(self.layers):
+            prefix = f"model.layers.{i}."
+            norms += [(layer.input_layernorm, prefix + "input_layernorm.weight"),
+                      (layer.post_attention_layernorm, prefix + "post_attention_layernorm.weight")]
+        return norms
 
     @torch.no_grad()
-    def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
-        """Load checkpoint tensors (HF LlamaForCausalLM names, any float dtype) into the model.
+    def load_weights(self, weights: Weights) -> None:
+        """Load checkpoint tensors (HF LlamaForCausalLM names) into the model.
 
-        Every expected tensor must be present with its exact shape. With tied embeddings an
-        "lm_head.weight" is accepted and ignored (HF does the same); "rope_freqs" (llama.cpp's
-        llama3 frequency divisors) rebuilds the rotary tables. A tensor that already has the
-        model's dtype and device becomes the parameter without a copy (the model then shares its
-        memory), except that on a CPU in float32 the projection weights (everything but the
-        embeddings and norms) are reordered once into oneDNN's blocked layout, which their
-        matmuls read faster (see `fastllm.model.linear`); `.to_dense()` gives such a weight back.
-        Tied embeddings stay dense for the lookup and the logits matmul gets a reordered copy
-        (vocab x hidden more memory, 113 MB for SmolLM2-135M, for a lm_head 1.5x faster at 16 rows).
+        Tensors are float tensors of any float dtype, or `QuantizedTensor`s (GGUF blocks). Every
+        expected tensor must be present with its exact shape. With tied embeddings an
+        "lm_head.weight" is accepted and ignored (HF does the same), and the logits read the
+        embedding table itself; "rope_freqs" (llama.cpp's llama3 frequency divisors) rebuilds the
+        rotary tables. Matrices take the form `fastllm.model.linear.make_linear` chooses: on a CPU
+        in float32 with backend "cpu", encoded types stay encoded (no copy of a memory-mapped
+        file's bytes); elsewhere they are dequantized to the model's dtype. A float tensor that
+        already has the model's dtype and device is used without a copy where its form is dense.
         """
         problems = weight_problems(weights, self.config)
         if problems:
             raise ValueError(f"checkpoint weights do not fit the model: {'; '.join(problems)}")
-        for module, name, sources in self._weight_sources():
-            # A fresh parameter (rather than a copy into the placeholder): one allocation and one
-            # pass per tensor, and it replaces a prepacked weight as well as a dense one.
-            parts = [weights[source].to(device=self.device, dtype=self.dtype) for source in sources]
-            tensor = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
-            setattr(module, name, nn.Parameter(tensor, requires_grad=False))
-        if self.config.tie_word_embeddings:
-            self.lm_head = self.embed_tokens
-        for module, name in self._projections():
-            weight = getattr(module, name)
-            if onednn_applies(weight):
-                setattr(module, name, nn.Parameter(prepack(weight), requires_grad=False))
-        tied = self.config.tie_word_embeddings
-        self._packed_tied_lm_head = prepack(self.lm_head) if tied and onednn_applies(self.lm_head) else None
+        encoded = self.encoded_types
+        embedding = weights["model.embed_tokens.weight"]
+        if not (isinstance(embedding, QuantizedTensor) and embedding.qtype in encoded):
+            embedding = _dense(embedding, self.dtype, self.device)
+        self.embed_tokens = Embedding(embedding)
+        for module, name, sources in self._projections():
+            parts = [embedding if source == "model.embed_tokens.weight" else weights[source] for source in sources]
+            setattr(module, name, make_linear(parts, dtype=self.dtype, device=self.device, encoded_types=encoded))
+        for norm, source in self._norms():
+            # A fresh parameter (rather than a copy into the placeholder): one allocation and one pass.
+            norm.weight = nn.Parameter(_dense(weights[source], self.dtype, self.device), requires_grad=False)
         # Rebuilt on every load: a checkpoint without "rope_freqs" must not keep a previous one's.
         self._set_rotary(weights.get(ROPE_FREQS), self.device)
+        self._fused_decode = FusedDecode(self) if FusedDecode.applies(self) else None
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -248,16 +253,20 @@ class LlamaForCausalLM(nn.Module):
                 f"kv_cache must have shape [{len(self.layers)}, 2, num_blocks, block_size, "
                 f"{self.config.num_key_value_heads}, {self.config.head_dim}], got {tuple(kv_cache.shape)}"
             )
+        if self.embed_tokens is None:
+            raise RuntimeError("the model has no weights yet: call load_weights first")
         cos_sin = (self.rotary_cos, self.rotary_sin)
-        hidden = F.embedding(input_ids, self.embed_tokens)
-        residual = None
-        for layer, layer_cache in zip(self.layers, kv_cache):
-            hidden, residual = layer(hidden, residual, positions, cos_sin, layer_cache[0], layer_cache[1], meta)
+        hidden = self.embed_tokens(input_ids)
+        if self._fused_decode is not None and not meta.is_prefill and self._fused_decode.takes(kv_cache):
+            hidden, residual = self._fused_decode(hidden, positions, meta, kv_cache)
+        else:
+            residual = None
+            for layer, layer_cache in zip(self.layers, kv_cache):
+                hidden, residual = layer(hidden, residual, positions, cos_sin, layer_cache[0], layer_cache[1], meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [N, vocab] for hidden states [N, hidden] (the projection runs in the model dtype)."""
-        head = self.lm_head if self._packed_tied_lm_head is None else self._packed_tied_lm_head
-        return linear(hidden, head).float()
+        return self.lm_head(hidden).float()
 

@@ -7,10 +7,14 @@ Shared by the loaders (to reject a bad file with its path in the message) and by
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastllm.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from fastllm.model.quantized import QuantizedTensor
 
 # Optional extra tensor: llama.cpp's llama3 rope frequency divisors, [head_dim // 2].
 ROPE_FREQS = "rope_freqs"
@@ -63,13 +67,13 @@ def shape_problems(shapes: Mapping[str, tuple[int, ...]], config: ModelConfig) -
     return problems
 
 
-def weight_problems(weights: Mapping[str, torch.Tensor], config: ModelConfig) -> list[str]:
-    """`shape_problems` of the tensors, plus any that is not floating point; [] if all is well."""
+def weight_problems(weights: Mapping[str, torch.Tensor | QuantizedTensor], config: ModelConfig) -> list[str]:
+    """`shape_problems` of the tensors, plus any float tensor that is not floating point; [] if all is well."""
     problems = shape_problems({name: tuple(t.shape) for name, t in weights.items()}, config)
     problems += [
         f"tensor {name!r} has dtype {t.dtype}, expected a floating-point dtype"
         for name, t in weights.items()
-        if not t.is_floating_point()
+        if isinstance(t, torch.Tensor) and not t.is_floating_point()
     ]
     return problems
 

@@ -1,18 +1,19 @@
-"""GGUF tensor bytes -> torch tensors.
+"""GGUF tensor encodings: `QuantizedTensor` (a matrix kept in its blocks) and `dequantize` (bytes -> floats).
 
 Float types are reinterpreted in place. The common llama.cpp block formats (Q8_0, Q4_0, Q4_1)
-are decoded by the whole-tensor numpy code below, 2-4x faster than `gguf.quants` (which builds
+are decoded by the whole-tensor numpy code below, faster than `gguf.quants` (which builds
 temporaries 16 rows at a time); every other supported type goes through `gguf.quants`. Both do
-the same float32 operations in the same order, so results are bit-identical (tests hold them to it).
+the same float32 operations in the same order, so results are bit-identical (tests hold them to
+it). numpy rather than torch on purpose: it runs single-threaded, where torch's parallel ops kept
+waiting on each other on a busy machine (the README has the timings).
 
-numpy rather than torch on purpose: it runs single-threaded. On a 2-core machine shared with
-other busy processes, torch's OpenMP-parallel ops took 15-23 s to decode the default model
-(threads waiting on each other at every op) against 0.3-1.0 s for this code.
+The loaders produce these; the model reads them (`fastllm.model.linear`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,3 +87,51 @@ def dequantize(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, .
         return torch.from_numpy(gguf_quants.dequantize(raw, qtype)).reshape(shape)
     supported = ", ".join(t.name for t in SUPPORTED_TYPES)
     raise ValueError(f"unsupported tensor type {qtype.name}; supported: {supported}")
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A 2-D weight [rows, cols] stored as `data`, uint8 [rows, bytes per row] in ggml's layout of `qtype`.
+
+    `data` may be a view of a memory-mapped file: nothing is copied until a kernel reads it.
+    """
+
+    data: torch.Tensor
+    qtype: GGMLQuantizationType
+    shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, torch.Tensor) or self.data.dtype != torch.uint8 or self.data.dim() != 2:
+            raise ValueError(f"QuantizedTensor data must be a 2-D uint8 tensor, got {_describe(self.data)}")
+        rows, cols = self.shape
+        block_size, type_size = GGML_QUANT_SIZES[self.qtype]
+        if cols % block_size or tuple(self.data.shape) != (rows, cols // block_size * type_size):
+            raise ValueError(
+                f"QuantizedTensor of type {self.qtype.name} and shape {self.shape} needs data of shape "
+                f"({rows}, {cols // block_size * type_size}) with {cols} a multiple of {block_size}, "
+                f"got {tuple(self.data.shape)}"
+            )
+
+    @classmethod
+    def from_float(cls, tensor: torch.Tensor) -> QuantizedTensor:
+        """A 2-D float16 / bfloat16 / float32 CPU tensor as a QuantizedTensor of its own type (its bytes, no copy)."""
+        qtype = next((q for q, dtype in FLOAT_TYPES.items() if dtype == tensor.dtype), None)
+        if qtype is None or tensor.dim() != 2 or tensor.device.type != "cpu":
+            raise ValueError(f"from_float takes a 2-D float16/bfloat16/float32 CPU tensor, got {_describe(tensor)}")
+        rows, cols = tensor.shape
+        return cls(tensor.contiguous().view(torch.uint8).view(rows, -1), qtype, (rows, cols))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The float matrix [rows, cols], in `dtype` on `device` (decoded in float32 first, as gguf does)."""
+        raw = self.data.numpy() if self.data.device.type == "cpu" else self.data.cpu().numpy()
+        return dequantize(np.asarray(raw), self.qtype, self.shape).to(device=device, dtype=dtype)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dim()}-D {str(value.dtype).removeprefix('torch.')} tensor on {value.device}"
+    return type(value).__name__

@@ -1,0 +1,204 @@
+"""x @ W^T on a CPU with W kept in its GGUF encoding (csrc/cpu_quant_matmul.cpp, fastllm._cpu_kernels).
+
+Every weight is decoded to the float32 number `gguf.quants.dequantize` gives (bit for bit), x is
+never quantized, and each x * w is a float32 product of those numbers summed in float32: the
+result differs from a float32 matmul against the decoded matrix only in the order of the sums.
+Two implementations, each correct for any number of rows of x; the model layer times both per
+shape and keeps the faster:
+
+- `quantized_matmul`: the C++ kernel decodes each block in registers and uses it for every row of
+  x (up to 8 at a time), one pass over the encoded weights: the few rows of a decode step.
+- `dequantized_matmul`: decodes a panel of weight rows at a time into a float32 buffer (the same
+  C++ decoding, in parallel) and multiplies it with torch's float32 matmul: many rows (prefill).
+
+A weight may be stacked from parts of different types (a Q4_K_M file mixes Q4_K and Q6_K inside
+one fused projection): `parts` is a list or tuple of (uint8 data [rows_i, row bytes], type),
+stacked by rows. The types are `QUANTIZED_TYPES` (float types included, so that any part of a
+stack can be one).
+Everything runs on torch's intra-op threads (torch.get_num_threads()).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from fastllm import _cpu_kernels
+from fastllm.kernels._checks import check_tensor
+
+__all__ = [
+    "QUANTIZED_TYPES",
+    "available_isas",
+    "block_bytes",
+    "dequantize_rows",
+    "dequantized_matmul",
+    "forced_isa",
+    "isa",
+    "quantized_matmul",
+]
+
+QUANTIZED_TYPES: tuple[GGMLQuantizationType, ...] = tuple(GGMLQuantizationType(t) for t in _cpu_kernels.quant_types)
+
+Part = tuple[torch.Tensor, GGMLQuantizationType]
+
+# dequantized_matmul's default panel: this many bytes of float32 weights, never fewer than
+# _MIN_PANEL_ROWS rows. Each panel's torch.mm packs x anew, so small panels lose to F.linear on
+# the whole matrix; panels from 0.25 to 32 MB were measured (benchmarks/README.md).
+_PANEL_BYTES = 8 << 20
+_MIN_PANEL_ROWS = 64
+
+
+_CPU = torch.device("cpu")
+_TYPE_IDS = frozenset(int(t) for t in QUANTIZED_TYPES)
+
+
+# The checks run on every call, ahead of kernels that take a few microseconds at decode sizes.
+def _check_qtype(name: str, qtype: object) -> GGMLQuantizationType:
+    if isinstance(qtype, bool) or not isinstance(qtype, int):
+        raise TypeError(f"{name} must be a GGMLQuantizationType, got {type(qtype).__name__}")
+    if qtype not in _TYPE_IDS:
+        supported = ", ".join(t.name for t in QUANTIZED_TYPES)
+        raise ValueError(f"{name} must be one of {supported}, got {qtype!r}")
+    return qtype if isinstance(qtype, GGMLQuantizationType) else GGMLQuantizationType(qtype)
+
+
+def _row_bytes(qtype: GGMLQuantizationType, cols: int) -> int:
+    values, size = GGML_QUANT_SIZES[qtype]
+    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 0 or cols % values:
+        raise ValueError(f"cols must be a non-negative multiple of {qtype.name}'s {values}-value blocks, got {cols!r}")
+    return cols // values * size
+
+
+def block_bytes(qtype: GGMLQuantizationType, cols: int) -> int:
+    """Bytes of one row of `cols` values of `qtype` (cols a multiple of the type's block size)."""
+    return _row_bytes(_check_qtype("qtype", qtype), cols)
+
+
+def _check_data(name: str, data: object, qtype: GGMLQuantizationType, cols: int | None) -> torch.Tensor:
+    """A uint8 [rows, row bytes] contiguous CPU tensor whose rows hold `cols` values (any whole
+    number of blocks when cols is None)."""
+    check_tensor(name, data, ndim=2, dtypes=(torch.uint8,), device=_CPU)
+    if not data.is_contiguous():
+        raise ValueError(f"{name} must be contiguous, got strides {data.stride()}")
+    if cols is None:
+        size = GGML_QUANT_SIZES[qtype][1]
+        if data.shape[1] % size:
+            raise ValueError(f"{name}'s rows of {data.shape[1]} bytes are not whole {qtype.name} blocks of {size} bytes")
+    elif data.shape[1] != _row_bytes(qtype, cols):
+        raise ValueError(
+            f"{name} must have rows of {_row_bytes(qtype, cols)} bytes ({cols} values of {qtype.name}), "
+            f"got shape {tuple(data.shape)}"
+        )
+    return data
+
+
+def _check_part(index: int, part: object, cols: int) -> tuple[torch.Tensor, GGMLQuantizationType]:
+    if not isinstance(part, (tuple, list)) or len(part) != 2:
+        raise TypeError(f"parts[{index}] must be a (data, qtype) pair, got {type(part).__name__}")
+    data, qtype = part
+    qtype = _check_qtype(f"parts[{index}] qtype", qtype)
+    return _check_data(f"parts[{index}] data", data, qtype, cols), qtype
+
+
+def _check_matmul(
+    x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, GGMLQuantizationType]], torch.Tensor]:
+    """x made contiguous, the checked parts, and out (allocated when None)."""
+    check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=_CPU)
+    if x.requires_grad:
+        raise ValueError("x must not require grad: these kernels record no autograd graph")
+    if not isinstance(parts, (tuple, list)) or not parts:
+        raise TypeError(f"parts must be a non-empty list or tuple of (data, qtype) pairs, got {type(parts).__name__}")
+    checked = [_check_part(i, part, x.shape[1]) for i, part in enumerate(parts)]
+    shape = (x.shape[0], sum(data.shape[0] for data, _ in checked))
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    else:
+        check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=_CPU)
+        if tuple(out.shape) != shape or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous tensor of shape {shape}, got {tuple(out.shape)} "
+                             f"with strides {out.stride()}")
+    return x.contiguous(), checked, out
+
+
+def quantized_matmul(x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] float32 @ (the parts stacked by rows, decoded)^T -> float32 [M, sum of rows], into `out` if given."""
+    x, checked, out = _check_matmul(x, parts, out)
+    _cpu_kernels.quantized_matmul(
+        x.numpy(), [(data.numpy(), int(qtype)) for data, qtype in checked], out.numpy(), torch.get_num_threads()
+    )
+    return out
+
+
+def _panel_rows(cols: int) -> int:
+    return max(_MIN_PANEL_ROWS, _PANEL_BYTES // (4 * max(cols, 1)))
+
+
+def dequantized_matmul(
+    x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None = None, panel_rows: int | None = None
+) -> torch.Tensor:
+    """`quantized_matmul`'s product, computed panel by panel: `panel_rows` weight rows (default:
+    about 8 MB of float32) decoded into a buffer, then torch.mm into their columns of out."""
+    x, checked, out = _check_matmul(x, parts, out)
+    if panel_rows is None:
+        panel_rows = _panel_rows(x.shape[1])
+    elif isinstance(panel_rows, bool) or not isinstance(panel_rows, int) or panel_rows < 1:
+        raise ValueError(f"panel_rows must be a positive int or None, got {panel_rows!r}")
+    threads = torch.get_num_threads()
+    buffer = torch.empty(min(panel_rows, max(data.shape[0] for data, _ in checked)), x.shape[1])
+    column = 0
+    for data, qtype in checked:
+        encoded = data.numpy()
+        for first in range(0, data.shape[0], panel_rows):
+            panel = buffer[: min(panel_rows, data.shape[0] - first)]
+            _cpu_kernels.dequantize_row_range(encoded, int(qtype), first, panel.numpy(), threads)
+            torch.mm(x, panel.t(), out=out[:, column + first : column + first + panel.shape[0]])
+        column += data.shape[0]
+    return out
+
+
+def dequantize_rows(
+    data: torch.Tensor, qtype: GGMLQuantizationType, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The float32 rows `rows` (int32/int64 indices of any shape; None: all rows) of the encoded
+    matrix `data` -> [*rows.shape, cols]: an embedding lookup, or the whole matrix decoded."""
+    qtype = _check_qtype("qtype", qtype)
+    _check_data("data", data, qtype, None)
+    values, size = GGML_QUANT_SIZES[qtype]
+    cols = data.shape[1] // size * values
+    threads = torch.get_num_threads()
+    if rows is None:
+        out = torch.empty(data.shape[0], cols)
+        _cpu_kernels.dequantize_row_range(data.numpy(), int(qtype), 0, out.numpy(), threads)
+        return out
+    check_tensor("rows", rows, dtypes=(torch.int32, torch.int64), device=torch.device("cpu"))
+    out = torch.empty(*rows.shape, cols)
+    flat = rows.reshape(-1).to(torch.int64).contiguous()
+    _cpu_kernels.dequantize_rows(data.numpy(), int(qtype), flat.numpy(), out.view(-1, cols).numpy(), threads)
+    return out
+
+
+def isa() -> str:
+    """The instruction set the kernels run on now ("avx512", "avx2" or "generic")."""
+    return _cpu_kernels.quant_isa()
+
+
+def available_isas() -> tuple[str, ...]:
+    """The instruction sets this CPU runs, widest (the default) first."""
+    return tuple(_cpu_kernels.quant_isas())
+
+
+@contextmanager
+def forced_isa(name: str) -> Iterator[None]:
+    """Run the kernels on `name` (one of available_isas()) inside the block, for tests and
+    benchmarks; ValueError for an instruction set this CPU lacks. Process-wide: not for threads
+    that run kernels concurrently."""
+    before = isa()
+    _cpu_kernels.set_quant_isa(name)
+    try:
+        yield
+    finally:
+        _cpu_kernels.set_quant_isa(before)

@@ -1,0 +1,303 @@
+"""GGUF-encoded matmuls on a CPU (fastllm.kernels.cpu_quant) against gguf and float64.
+
+Decoding must equal `gguf.quants.dequantize` bit for bit, on every instruction set this CPU runs
+(each forced in turn), for random blocks whose half-float scales take any finite value (subnormals
+and zeros included), and NaN / Inf scales must come out as NaN / Inf in their own values only.
+Both matmuls must match float64 x @ W^T for every type, 1, 3, 17 and 300 rows of x (one tile, a
+partial tile, several tiles of the kernels' 8 rows), output widths that are not a multiple
+of any tile, and 1, 2 and 3 threads.
+
+Matmul errors are measured as max |out - ref| / max (|x| @ |W|^T), the scale float32 rounding
+errors of the products and sums are bounded by. Over 2,700 random draws of the cases below (every
+ISA, both implementations) the worst was 2.7e-7; TOLERANCE allows 7x that. (Against max |ref|
+instead, cancellation in a single output made the worst 5.4e-6: a flaky measure.)
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+from fastllm import _cpu_kernels
+from fastllm.kernels import cpu_quant
+
+TOLERANCE = 2e-6
+ISAS = cpu_quant.available_isas()
+TYPES = cpu_quant.QUANTIZED_TYPES
+FLOAT_DTYPES = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}
+# Byte offsets of each block's half-float scales (d, and m / dmin where the type has one).
+SCALE_OFFSETS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+# NaN, signaling NaN, +-inf, subnormals, +-0: as IEEE halves and as bfloat16.
+SPECIAL_HALVES = (0x7E00, 0x7C01, 0x7C00, 0xFC00, 0x0001, 0x83FF, 0x0000, 0x8000)
+SPECIAL_BFLOAT16 = (0x7FC0, 0x7F81, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x0000, 0x8000)
+
+
+def finite_halves(count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` random IEEE half bit patterns (int16), any finite value."""
+    bits = torch.randint(0, 1 << 16, (count,), generator=generator, dtype=torch.int32)
+    exponent_all_ones = (bits & 0x7C00) == 0x7C00
+    bits[exponent_all_ones] &= ~0x4000  # -> exponent 0x0c..: finite
+    return bits.to(torch.int16)
+
+
+def moderate_halves(count: int, generator: torch.Generator) -> torch.Tensor:
+    """Half scales spread over [2^-8, 2^4] in magnitude, either sign: products stay far from overflow."""
+    magnitude = torch.exp2(torch.empty(count).uniform_(-8, 4, generator=generator))
+    sign = torch.randint(0, 2, (count,), generator=generator) * 2 - 1
+    return (magnitude * sign).half().view(torch.int16)
+
+
+def random_weights(
+    qtype: Q, rows: int, cols: int, generator: torch.Generator, halves=moderate_halves
+) -> torch.Tensor:
+    """Valid random blocks, uint8 [rows, row bytes]: random quantized values and `halves` scales;
+    float types get `halves` values (F16), N(0, 1) values (F32, BF16: their exponents reach past
+    any sum) or, with finite_halves, BF16 bit patterns that are any finite float."""
+    if qtype in FLOAT_DTYPES:
+        if qtype == Q.F16:
+            values = halves(rows * cols, generator).view(torch.float16)
+        elif qtype == Q.BF16 and halves is finite_halves:
+            bits = finite_halves(rows * cols, generator).to(torch.int32)
+            values = (((bits & 0x7C00) << 1) | (bits & 0x83FF)).to(torch.int16).view(torch.bfloat16)
+        else:
+            values = torch.randn(rows * cols, generator=generator).to(FLOAT_DTYPES[qtype])
+        return values.view(rows, cols).contiguous().view(torch.uint8).view(rows, -1)
+    values, size = GGML_QUANT_SIZES[qtype]
+    blocks = torch.randint(0, 256, (rows * cols // values, size), generator=generator, dtype=torch.uint8)
+    for offset in SCALE_OFFSETS[qtype]:
+        blocks[:, offset : offset + 2] = halves(blocks.shape[0], generator).view(torch.uint8).view(-1, 2)
+    return blocks.view(rows, -1)
+
+
+def gguf_dequantize(data: torch.Tensor, qtype: Q) -> torch.Tensor:
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf scales are tested on purpose
+        decoded = quants.dequantize(data.numpy(), qtype)
+    return torch.from_numpy(decoded.reshape(data.shape[0], -1).copy())
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+def error(out: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> float:
+    """max |out - x @ W^T| / max (|x| @ |W|^T), in float64."""
+    x, weights = x.double(), weights.double()
+    scale = (x.abs() @ weights.abs().T).max().clamp_min(1e-300)
+    return ((out.double() - x @ weights.T).abs().max() / scale).item()
+
+
+def block_columns(qtype: Q) -> tuple[int, ...]:
+    values = GGML_QUANT_SIZES[qtype][0]
+    return {256: (256, 512), 32: (32, 64, 96)}.get(values, (32, 77, 96))  # float types: any width
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}")  # shown with a failure
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_types_and_isas():
+    assert set(TYPES) == {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K}
+    assert ISAS[-1] == "generic" and cpu_quant.isa() == ISAS[0]
+    assert all(cpu_quant.block_bytes(t, 512) == 512 // GGML_QUANT_SIZES[t][0] * GGML_QUANT_SIZES[t][1] for t in TYPES)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_decoding_is_gguf_bit_for_bit(isa, qtype, generator):
+    cols = max(block_columns(qtype))
+    data = random_weights(qtype, 9, cols, generator, halves=finite_halves)
+    expected = gguf_dequantize(data, qtype)
+    rows = torch.tensor([[8, 0, 3], [3, 3, 5]])
+    with cpu_quant.forced_isa(isa):
+        assert same_bits(cpu_quant.dequantize_rows(data, qtype), expected)
+        assert same_bits(cpu_quant.dequantize_rows(data, qtype, rows), expected[rows])
+        assert same_bits(cpu_quant.dequantize_rows(data, qtype, rows[0].int()), expected[rows[0]])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_both_matmuls_match_float64(isa, qtype, generator, threads):
+    case = 0
+    with cpu_quant.forced_isa(isa):
+        for cols in block_columns(qtype):
+            for out_features in (1, 7, 33, 131):
+                data = random_weights(qtype, out_features, cols, generator)
+                weights = gguf_dequantize(data, qtype)
+                for rows in (1, 3, 17, 300):
+                    threads(1 + case % 3)
+                    case += 1
+                    x = torch.randn(rows, cols, generator=generator)
+                    for matmul in (cpu_quant.quantized_matmul, cpu_quant.dequantized_matmul):
+                        out = matmul(x, [(data, qtype)])
+                        assert out.shape == (rows, out_features) and out.dtype == torch.float32
+                        assert error(out, x, weights) < TOLERANCE, (matmul.__name__, cols, out_features, rows)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_stacked_parts_of_mixed_types(isa, generator, threads):
+    threads(3)
+    shapes = [(Q.Q4_K, 33), (Q.Q6_K, 7), (Q.F16, 5), (Q.Q8_0, 19), (Q.BF16, 1), (Q.Q5_K, 4)]
+    parts = [(random_weights(qtype, rows, 512, generator), qtype) for qtype, rows in shapes]
+    weights = torch.cat([gguf_dequantize(data, qtype) for data, qtype in parts])
+    x = torch.randn(20, 512, generator=generator)
+    with cpu_quant.forced_isa(isa):
+        direct = cpu_quant.quantized_matmul(x, parts)
+        panels = cpu_quant.dequantized_matmul(x, parts, panel_rows=6)  # partial panels, several per part
+        out = torch.full((20, weights.shape[0]), float("nan"))
+        assert cpu_quant.quantized_matmul(x, parts, out=out) is out
+    for result in (direct, panels, out):
+        assert error(result, x, weights) < TOLERANCE
+
+
+def test_transposed_x_is_made_contiguous(generator):
+    data = random_weights(Q.Q4_1, 10, 64, generator)
+    x = torch.randn(64, 6, generator=generator).T
+    assert error(cpu_quant.quantized_matmul(x, [(data, Q.Q4_1)]), x, gguf_dequantize(data, Q.Q4_1)) < TOLERANCE
+
+
+def special_bits(patterns: tuple[int, ...]) -> torch.Tensor:
+    """16-bit patterns as little-endian byte pairs, uint8 [len(patterns), 2]."""
+    return torch.tensor(patterns, dtype=torch.int32).to(torch.int16).view(torch.uint8).view(-1, 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", [t for t in TYPES if t != Q.F32], ids=lambda t: t.name)
+def test_nan_and_inf_scales_reach_their_own_outputs_only(isa, qtype, generator):
+    """Blocks whose scales (float types: values) are NaN, Inf, subnormal or zero decode as gguf
+    does, NaN for NaN; in a matmul, the weight rows holding a NaN or an Inf give NaN or Inf in
+    their columns and only there."""
+    cols = max(block_columns(qtype))
+    data = random_weights(qtype, 12, cols, generator)
+    if qtype in SCALE_OFFSETS:  # every third block gets the next pattern in one of its scales
+        patterns = special_bits(SPECIAL_HALVES)
+        blocks = data.view(-1, GGML_QUANT_SIZES[qtype][1])
+        for j, i in enumerate(range(0, blocks.shape[0], 3)):
+            offset = SCALE_OFFSETS[qtype][j % len(SCALE_OFFSETS[qtype])]
+            blocks[i, offset : offset + 2] = patterns[j % len(patterns)]
+    else:  # F16, BF16: every 37th value of the first six rows
+        patterns = special_bits(SPECIAL_BFLOAT16 if qtype == Q.BF16 else SPECIAL_HALVES)
+        values = data.view(-1, 2)[: data.numel() // 4 : 37]
+        values[:] = patterns[torch.arange(values.shape[0]) % len(patterns)]
+    expected = gguf_dequantize(data, qtype)
+    x = torch.randn(3, cols, generator=generator)
+    with cpu_quant.forced_isa(isa):
+        decoded = cpu_quant.dequantize_rows(data, qtype)
+        direct = cpu_quant.quantized_matmul(x, [(data, qtype)])
+        panels = cpu_quant.dequantized_matmul(x, [(data, qtype)])
+    nan = torch.isnan(expected)
+    assert torch.equal(torch.isnan(decoded), nan) and same_bits(decoded[~nan], expected[~nan])
+    bad_rows = ~torch.isfinite(expected).all(dim=1)
+    assert bad_rows.any() and not bad_rows.all()
+    for out in (direct, panels):
+        assert not torch.isfinite(out[:, bad_rows]).any()
+        assert torch.isfinite(out[:, ~bad_rows]).all()
+        assert error(out[:, ~bad_rows], x, expected[~bad_rows]) < TOLERANCE
+
+
+class TestBadInput:
+    def setup_method(self):
+        generator = torch.Generator().manual_seed(0)
+        self.data = random_weights(Q.Q4_K, 6, 512, generator)
+        self.x = torch.randn(2, 512, generator=generator)
+
+    @pytest.mark.parametrize("matmul", [cpu_quant.quantized_matmul, cpu_quant.dequantized_matmul])
+    def test_matmul_arguments(self, matmul):
+        data, x = self.data, self.x
+        cases = [
+            (TypeError, "x must be a torch.Tensor", ([[1.0]], [(data, Q.Q4_K)])),
+            (ValueError, "x must have dtype in \\(float32\\)", (x.double(), [(data, Q.Q4_K)])),
+            (ValueError, "x must have 2 dimensions", (x[0], [(data, Q.Q4_K)])),
+            (ValueError, "x must not require grad", (x.clone().requires_grad_(), [(data, Q.Q4_K)])),
+            (TypeError, "parts must be a non-empty list or tuple", (x, [])),
+            (TypeError, "parts\\[0\\] must be a \\(data, qtype\\) pair", (x, [data])),
+            (ValueError, "parts\\[0\\] qtype must be one of", (x, [(data, Q.Q2_K)])),
+            (TypeError, "parts\\[0\\] qtype must be a GGMLQuantizationType", (x, [(data, "Q4_K")])),
+            (ValueError, "parts\\[1\\] data must have dtype in \\(uint8\\)", (x, [(data, Q.Q4_K), (data.int(), Q.Q4_K)])),
+            (ValueError, "parts\\[0\\] data must be contiguous", (x, [(data[:, :144], Q.Q4_K)])),
+            (ValueError, r"parts\[0\] data must have rows of 288 bytes \(512 values of Q4_K\)", (x, [(data[:, :144].contiguous(), Q.Q4_K)])),
+            (ValueError, "parts\\[0\\] data must have rows of 2048 bytes", (x, [(data, Q.F32)])),
+            (ValueError, "cols must be a non-negative multiple of Q4_K's 256-value blocks", (x[:, :100], [(data, Q.Q4_K)])),
+        ]
+        for error_type, message, args in cases:
+            with pytest.raises(error_type, match=message):
+                matmul(*args)
+        with pytest.raises(ValueError, match="out must be a contiguous tensor of shape \\(2, 6\\)"):
+            matmul(x, [(data, Q.Q4_K)], out=torch.empty(6, 2).T)
+        with pytest.raises(ValueError, match="out must have dtype in \\(float32\\)"):
+            matmul(x, [(data, Q.Q4_K)], out=torch.empty(2, 6, dtype=torch.float64))
+
+    def test_panel_rows(self):
+        for bad in (0, -3, 2.5, True):
+            with pytest.raises(ValueError, match="panel_rows must be a positive int or None"):
+                cpu_quant.dequantized_matmul(self.x, [(self.data, Q.Q4_K)], panel_rows=bad)
+
+    def test_dequantize_arguments(self):
+        data = self.data
+        with pytest.raises(ValueError, match=r"rows\[1\] = 6 is not a row of w \(0\.\.5\)"):
+            cpu_quant.dequantize_rows(data, Q.Q4_K, torch.tensor([0, 6]))
+        with pytest.raises(ValueError, match=r"rows\[0\] = -1 is not a row of w"):
+            cpu_quant.dequantize_rows(data, Q.Q4_K, torch.tensor([-1]))
+        with pytest.raises(ValueError, match="rows must have dtype in \\(int32, int64\\)"):
+            cpu_quant.dequantize_rows(data, Q.Q4_K, torch.tensor([0.0]))
+        with pytest.raises(ValueError, match="data's rows of 100 bytes are not whole Q4_K blocks of 144 bytes"):
+            cpu_quant.dequantize_rows(data[:, :100].contiguous(), Q.Q4_K)
+        with pytest.raises(ValueError, match="qtype must be one of"):
+            cpu_quant.dequantize_rows(data, Q.IQ2_XXS)
+        with pytest.raises(ValueError, match="cols must be a non-negative multiple of Q8_0's 32-value blocks"):
+            cpu_quant.block_bytes(Q.Q8_0, 48)
+
+    def test_forced_isa(self):
+        before = cpu_quant.isa()
+        with pytest.raises(ValueError, match="quant ISA 'sve' is not one this CPU runs"):
+            with cpu_quant.forced_isa("sve"):
+                pass
+        with pytest.raises(RuntimeError):
+            with cpu_quant.forced_isa("generic"):
+                assert cpu_quant.isa() == "generic"
+                raise RuntimeError
+        assert cpu_quant.isa() == before
+
+    def test_the_binding_checks_sizes_before_reading(self):
+        """What the C++ core refuses with std::invalid_argument (ValueError here), should the
+        Python checks above be bypassed."""
+        data, x = self.data.numpy(), self.x.numpy()
+        out = np.empty((2, 6), np.float32)
+        calls = [
+            ("parts\\[0\\] has rows of 144 bytes, but 512 values of Q4_K take 288",
+             lambda: _cpu_kernels.quantized_matmul(x, [(data[:, :144].copy(), int(Q.Q4_K))], out, 1)),
+            ("ggml type id 10 is not supported",
+             lambda: _cpu_kernels.quantized_matmul(x, [(data, int(Q.Q2_K))], out, 1)),
+            ("K \\(x's columns\\) = 100 is not a whole number of Q4_K blocks \\(256 values\\)",
+             lambda: _cpu_kernels.quantized_matmul(x[:, :100].copy(), [(data, int(Q.Q4_K))], out, 1)),
+            ("out must have shape \\[2, 12\\]",
+             lambda: _cpu_kernels.quantized_matmul(x, [(data, int(Q.Q4_K))] * 2, out, 1)),
+            ("parts\\[0\\] must be a C-contiguous 2-D array",
+             lambda: _cpu_kernels.quantized_matmul(x, [(data[:, ::2], int(Q.Q4_K))], out, 1)),
+            ("rows 4\\.\\.7 are not rows of w \\(0\\.\\.5\\)",
+             lambda: _cpu_kernels.dequantize_row_range(data, int(Q.Q4_K), 4, np.empty((4, 512), np.float32), 1)),
+            ("out must have one row per index",
+             lambda: _cpu_kernels.dequantize_rows(data, int(Q.Q4_K), np.zeros(3, np.int64), np.empty((2, 512), np.float32), 1)),
+            ("w has rows of 288 bytes, but 256 values of Q4_K take 144",
+             lambda: _cpu_kernels.dequantize_rows(data, int(Q.Q4_K), np.zeros(2, np.int64), np.empty((2, 256), np.float32), 1)),
+        ]
+        for message, call in calls:
+            with pytest.raises(ValueError, match=message):
+                call()
+        with pytest.raises(TypeError):  # float64 x: no silent copy
+            _cpu_kernels.quantized_matmul(x.astype(np.float64), [(data, int(Q.Q4_K))], out, 1)
