@@ -174,23 +174,22 @@ def test_warm_up_chunks_a_prefill_when_the_budget_allows() -> None:
     assert len(bench_e2e.warm_up_requests(budget=4096, max_running=3, max_len=20, vocab_size=100)) == 2
 
 
-def test_warm_up_reaches_the_paged_prefill(monkeypatch) -> None:
+def test_warm_up_reaches_the_paged_prefill() -> None:
     """Before timing, fastllm must run every prefill variant: a chunked prefill and a prefix-cache
     hit both attend through the block table (the paged kernel variant)."""
     config = bench_e2e.TINY_SHAPES["smollm2-135m"]
     settings = dataclasses.replace(bench_e2e.CPU_SETTINGS, workload=bench_e2e.Workload(4, 12, 20))
     weights = bench_e2e.random_weights(config, seed=0, dtype=torch.float32, device=torch.device("cpu"))
-    model = bench_e2e.LlamaForCausalLM(config, bench_e2e.get_backend("torch"))
-    model.load_weights(weights)
-    llm = bench_e2e.LLM.from_model(model, max_num_seqs=8, max_model_len=64, max_num_batched_tokens=50)
+    backend = bench_e2e.get_backend("torch")
     paged: list[bool] = []
-    attention = model.backend.varlen_attention
 
     def spy(*args, **kwargs):
         paged.append(kwargs.get("block_table") is not None)
-        return attention(*args, **kwargs)
+        return backend.varlen_attention(*args, **kwargs)
 
-    monkeypatch.setattr(model.backend, "varlen_attention", spy)
+    model = bench_e2e.LlamaForCausalLM(config, dataclasses.replace(backend, varlen_attention=spy))
+    model.load_weights(weights)
+    llm = bench_e2e.LLM.from_model(model, max_num_seqs=8, max_model_len=64, max_num_batched_tokens=50)
     runner = bench_e2e.FastllmRunner(llm)
     bench_e2e.warm_up(runner, settings, config.vocab_size)
     assert False in paged and True in paged
