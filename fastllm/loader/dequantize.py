@@ -1,13 +1,13 @@
 """GGUF tensor bytes -> torch tensors.
 
 Float types are reinterpreted in place. The common llama.cpp block formats (Q8_0, Q4_0, Q4_1)
-are decoded by the whole-tensor numpy code below, 2-4x faster than `gguf.quants` (which builds
+are decoded by the whole-tensor numpy code below, faster than `gguf.quants` (which builds
 temporaries 16 rows at a time); every other supported type goes through `gguf.quants`. Both do
 the same float32 operations in the same order, so results are bit-identical (tests hold them to it).
 
-numpy rather than torch on purpose: it runs single-threaded. On a 2-core machine shared with
-other busy processes, torch's OpenMP-parallel ops took 15-23 s to decode the default model
-(threads waiting on each other at every op) against 0.3-1.0 s for this code.
+numpy rather than torch on purpose: it runs single-threaded, and on a small machine shared with
+other busy processes torch's OpenMP-parallel ops spend most of their time with threads waiting
+on each other at every op (README "Models and loading" has the figures).
 """
 
 from __future__ import annotations
