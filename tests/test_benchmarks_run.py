@@ -294,3 +294,28 @@ def test_generate_benchmark_runs_fastllm_where_it_says(monkeypatch) -> None:
     monkeypatch.setattr(bench_generate, "LLM", lambda **kwargs: options.update(kwargs))
     bench_generate.fastllm_llm.__wrapped__()
     assert (options["device"], options["dtype"]) == ("cpu", "float32")
+
+
+def test_mixed_steps_workload_measures_the_running_requests_through_the_prefill(monkeypatch) -> None:
+    """bench_mixed_steps on a tiny model: the running requests get a token in every step of the
+    long prompt's prefill (decode first), and the gaps are measured across it."""
+    from benchmarks import bench_mixed_steps as bench
+    from fastllm import SamplingParams
+    from tests.engine_testing import tiny_engine, tiny_model
+
+    monkeypatch.setattr(bench, "RUNNING_PROMPT", 5)
+    monkeypatch.setattr(bench, "RUNNING_TOKENS_BEFORE", 2)
+    monkeypatch.setattr(bench, "LONG_PROMPT", 60)
+    monkeypatch.setattr(bench, "RUNNING_MAX_TOKENS", 40)
+    engine = tiny_engine(tiny_model(), max_num_batched_tokens=16)
+
+    def add(prompt, max_tokens):
+        return engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+
+    def step():
+        return [(out.request_id, len(out.outputs[0].delta_token_ids)) for out in engine.step()]
+
+    result, request_ids = bench.interference(engine.model_config.vocab_size, add, step)
+    assert result["running_tokens_during_prefill"] == [5] * 4  # 60 tokens in chunks of 12
+    assert 0 < result["running_itl_during_prefill_s"]["median"] <= result["running_itl_during_prefill_s"]["max"]
+    assert len(request_ids) == 5
