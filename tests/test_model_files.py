@@ -54,6 +54,9 @@ def test_hf_folder_eos_lists_post_processor_bos_and_template_file(tmp_path):
         add_bos_token=True, eos_token_ids=(EOS, 50, 60, 61),
         chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
     )
+    llm = LLM(tmp_path, num_kv_blocks=16, block_size=4)
+    assert llm.engine.eos_token_ids == (EOS, 50, 60, 61)
+    assert llm.engine.processor.encode("$%") == [BOS, 3, 4]  # BOS first, as the post-processor says
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": False}))
     assert not load(tmp_path).prompt_format.add_bos_token  # tokenizer_config.json has the last word
