@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fastllm import LLM, SamplingParams, Tokenizer, default_model_path
+from fastllm.loader import load_checkpoint
 from fastllm.model import AttentionMetadata, get_backend, load_model
 
 NEW_TOKENS = 48
@@ -71,7 +72,9 @@ def _agreement(candidate: list[list[int]], reference: list[list[int]]) -> dict[s
 @torch.inference_mode()
 def _prefill_logits(prompts: list[list[int]], backend: str, dtype: torch.dtype) -> list[torch.Tensor]:
     """float32 logits [len, vocab] of every prompt position, one contiguous prefill per prompt."""
-    model, config = load_model(None, dtype=dtype, device=torch.device("cuda"), backend=get_backend(backend))
+    model = load_model(load_checkpoint(default_model_path()), dtype=dtype, device=torch.device("cuda"),
+                       backend=get_backend(backend))
+    config = model.config
     logits = []
     for prompt in prompts:
         length = len(prompt)

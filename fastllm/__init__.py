@@ -1,7 +1,7 @@
 """fastllm: a small, fast LLM inference engine.
 
 Public API (see README.md):
-    generate, LLM, SamplingParams, RequestOutput  -- text generation
+    generate, LLM, SamplingParams, RequestOutput, CompletionOutput  -- text generation
     Tokenizer                                     -- the C++ byte-level BPE tokenizer
     default_model_path                            -- the bundled SmolLM2-135M-Instruct GGUF file
 
@@ -18,6 +18,7 @@ _EXPORTS = {
     "generate": "fastllm.api",
     "LLM": "fastllm.api",
     "RequestOutput": "fastllm.api",
+    "CompletionOutput": "fastllm.api",
     "SamplingParams": "fastllm.engine.sampling_params",
     "Tokenizer": "fastllm.tokenizer",
     "default_model_path": "fastllm.loader.default_model",

@@ -1,134 +1,160 @@
-"""The public generation API: `LLM` (an engine you keep) and `generate` (one call, cached engine)."""
+"""The public generation API: `LLM` (an engine you keep) and `generate` (one call, cached engine).
+
+Every method is a short loop over `LLMEngine.add_request` / `step` / `abort`. Outputs of a step
+go to the queue of the request they belong to, so several consumers (streams, a generate call)
+can share one engine: whichever steps it, each reads its own requests' outputs.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from fastllm.engine.chat_template import render_chat_template
+from fastllm.engine.config import EngineConfig
 from fastllm.engine.ids_tokenizer import TokenIdsTokenizer
-from fastllm.engine.llm_engine import EngineConfig, LLMEngine
+from fastllm.engine.llm_engine import LLMEngine
+from fastllm.engine.outputs import CompletionOutput, RequestOutput
 from fastllm.engine.sampling_params import SamplingParams
-from fastllm.engine.sequence import RequestMetrics, Sequence
 from fastllm.model.llama import LlamaForCausalLM
 
 if TYPE_CHECKING:
     from fastllm.tokenizer import Tokenizer
 
+__all__ = ["LLM", "CompletionOutput", "RequestOutput", "TextStream", "generate", "get_llm"]
+
 # A prompt is text or token ids; `generate` takes one text or a list of either.
 Prompt = Union[str, Seq[int]]
 Messages = Seq[dict[str, Any]]
+ENGINE_OPTIONS = tuple(field.name for field in fields(EngineConfig) if field.name != "model")
 
 
-@dataclass
-class RequestOutput:
-    """One finished request.
-
-    Attributes:
-        request_id: the engine's id for the request.
-        prompt: the prompt text (None when the prompt was given as token ids).
-        prompt_token_ids: the prompt as the model saw it.
-        text: the generated text (without a matched stop string or the final EOS / stop token).
-        token_ids: the generated token ids (a final EOS / stop token included).
-        finish_reason: "stop" (EOS, a stop token id or a stop string) or "length" (max_tokens or
-            the context length).
-        stop_reason: the stop string or stop token id that ended generation; None for EOS or length.
-        logprobs: with SamplingParams.logprobs, one {token id: log-probability} dict per generated
-            token (the top-N plus the sampled token, from the model's raw distribution).
-        metrics: arrival, first-token and finish times, prefix-cache hits, preemptions.
-    """
-
-    request_id: int
-    prompt: str | None
-    prompt_token_ids: list[int]
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    stop_reason: str | int | None
-    logprobs: list[dict[int, float]] | None
-    metrics: RequestMetrics
+def _engine_config(options: dict[str, Any]) -> EngineConfig:
+    unknown = sorted(options.keys() - set(ENGINE_OPTIONS) - {"model"})
+    if unknown:
+        raise TypeError(f"unknown engine option {', '.join(unknown)}: the options are {', '.join(ENGINE_OPTIONS)}")
+    return EngineConfig(**options)
 
 
 class LLM:
     """A model loaded with its tokenizer, a paged KV cache and a continuous-batching scheduler.
 
-    Args:
-        model: a GGUF file or an HF folder (config.json + *.safetensors + tokenizer.json);
-            None = the bundled SmolLM2-135M-Instruct.
-        device: "auto" (CUDA if available, else CPU), "cpu", "cuda" or "cuda:N".
-        dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16" or "float16".
-        backend: "auto" (triton on CUDA, cpu on a CPU), "torch" (the PyTorch reference ops),
-            "triton" (the Triton kernels) or "cpu" (the reference ops with C++ decode attention,
-            RMSNorm and rotary).
-        block_size: tokens per KV cache block (a power of two).
-        num_kv_blocks: KV pool size in blocks; None = sized from memory: `gpu_memory_utilization`
-            of the free GPU memory, or 1 GiB on CPU.
-        max_num_seqs: most sequences decoded together.
-        max_num_batched_tokens: most tokens per model step (longer prompts are prefilled in
-            chunks); None = 4096.
-        max_model_len: longest prompt + generation; None = the model's context length.
-        enable_prefix_caching: reuse the KV cache of prompt prefixes seen before.
-        gpu_memory_utilization: fraction of free GPU memory the KV cache may take, together with
-            what the model steps need besides it (activations, CUDA graphs), measured at start-up.
-        enforce_eager: never replay CUDA graphs. By default, on CUDA with the triton backend,
-            decode steps replay graphs captured at start-up for batch sizes 1, 2, 4, 8, 16, ...
-            up to the largest decode batch, min(max_num_seqs, max_num_batched_tokens) (no Python
-            or kernel-launch overhead per step; their memory is held back from the KV pool).
+    `LLM(model=None, **engine_options)`: `model` is a GGUF file or an HF folder (None = the
+    bundled SmolLM2-135M-Instruct); the options are the other fields of
+    `fastllm.engine.config.EngineConfig`, documented there.
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
-        backend: str = "auto",
-        block_size: int = 16,
-        num_kv_blocks: int | None = None,
-        max_num_seqs: int = 256,
-        max_num_batched_tokens: int | None = None,
-        max_model_len: int | None = None,
-        enable_prefix_caching: bool = True,
-        gpu_memory_utilization: float = 0.9,
-        enforce_eager: bool = False,
-    ) -> None:
-        config = EngineConfig(
-            model=model, device=device, dtype=dtype, backend=backend, block_size=block_size,
-            num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-        )
-        self.engine = LLMEngine.from_config(config)
+    def __init__(self, model: str | os.PathLike | None = None, **engine_options: Any) -> None:
+        self._attach(LLMEngine.from_config(_engine_config({"model": model, **engine_options})))
+
+    def _attach(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._outputs: dict[str, deque[RequestOutput]] = {}  # per request of this LLM: outputs not read yet
 
     @classmethod
     def from_model(cls, model: LlamaForCausalLM, tokenizer: Tokenizer | None = None, **engine_options: Any) -> LLM:
         """An LLM over a model already built in memory (e.g. random weights for benchmarking).
 
         The model's device, dtype and backend are used as they are; `engine_options` are the
-        engine settings of `LLM()` (block_size, num_kv_blocks, max_num_seqs, ..., enforce_eager).
-        Without a tokenizer, prompts must be token ids and outputs have empty text.
+        other options of `LLM()`. Without a tokenizer, prompts must be token ids and outputs
+        have empty text.
         """
         if not isinstance(model, LlamaForCausalLM):
             raise TypeError(f"model must be a fastllm LlamaForCausalLM, got {type(model).__name__}")
-        unknown = engine_options.keys() & {"model", "device", "dtype", "backend"}
-        if unknown:
-            raise TypeError(f"from_model takes the model's own {', '.join(sorted(unknown))}; do not pass them")
+        taken = engine_options.keys() & {"model", "device", "dtype", "backend"}
+        if taken:
+            raise TypeError(f"from_model takes the model's own {', '.join(sorted(taken))}; do not pass them")
         llm = cls.__new__(cls)
-        llm.engine = LLMEngine(model.eval(), tokenizer or TokenIdsTokenizer(model.config), EngineConfig(**engine_options))
+        engine = LLMEngine(model.eval(), tokenizer or TokenIdsTokenizer(model.config), _engine_config(engine_options))
+        llm._attach(engine)
         return llm
+
+    def __repr__(self) -> str:
+        model = self.engine.model
+        return (
+            f"LLM({model.config.name!r}, device={model.device}, dtype={str(model.dtype).removeprefix('torch.')}, "
+            f"backend={model.backend.name})"
+        )
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The model's tokenizer (fastllm.Tokenizer)."""
         return self.engine.tokenizer
 
-    # -- batch generation ---------------------------------------------------------------------
+    # -- the engine loop ----------------------------------------------------------------------
+
+    def _submit(self, prompt: Prompt, params: SamplingParams, prompt_text: str | None = None) -> str:
+        request_id = self.engine.add_request(prompt, params, prompt_text=prompt_text)
+        self._outputs[request_id] = deque()
+        return request_id
+
+    def _step(self) -> list[str]:
+        """One engine step; its outputs go to their requests' queues. Returns the ids that got one."""
+        if not self.engine.has_unfinished_requests():
+            raise RuntimeError("the engine has no request left to step: was one aborted through llm.engine?")
+        advanced = []
+        for output in self.engine.step():
+            queue = self._outputs.get(output.request_id)
+            if queue is not None:
+                queue.append(output)
+                advanced.append(output.request_id)
+        return advanced
+
+    def _drop(self, request_id: str) -> None:
+        """Abort a request (a no-op once it finished) and forget its queue."""
+        self.engine.abort(request_id)
+        self._outputs.pop(request_id, None)
+
+    def _run(
+        self, prompts: list[tuple[Prompt, str | None]], params_list: list[SamplingParams], use_tqdm: bool
+    ) -> list[RequestOutput]:
+        """Run (prompt, prompt text) requests to completion; final outputs in input order. An
+        interrupted or failed call leaves nothing behind, its finished requests included."""
+        request_ids: list[str] = []
+        try:
+            for (prompt, text), params in zip(prompts, params_list):
+                request_ids.append(self._submit(prompt, params, text))
+            finals = self._finish(request_ids, use_tqdm)
+        except BaseException:
+            for request_id in request_ids:
+                self._drop(request_id)
+            raise
+        return [finals[request_id] for request_id in request_ids]
+
+    def _finish(self, request_ids: list[str], use_tqdm: bool) -> dict[str, RequestOutput]:
+        pending, finals = set(request_ids), {}
+        started: set[str] = set()
+        prompt_tokens = output_tokens = 0
+        start = time.perf_counter()
+        with tqdm(total=len(pending), desc="Generating", unit="req", disable=not use_tqdm, dynamic_ncols=True) as bar:
+            while pending:
+                for request_id in pending.intersection(self._step()):
+                    queue = self._outputs[request_id]
+                    if request_id not in started:
+                        started.add(request_id)
+                        prompt_tokens += len(queue[0].prompt_token_ids)
+                    output_tokens += sum(len(o.delta_token_ids) for out in queue for o in out.outputs)
+                    last = queue[-1]
+                    queue.clear()  # a final output holds everything: the earlier ones are not needed
+                    if last.finished:
+                        finals[request_id] = last
+                        pending.discard(request_id)
+                        del self._outputs[request_id]
+                        bar.update(1)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(
+                    f"prompt {prompt_tokens / elapsed:.0f} tok/s, output {output_tokens / elapsed:.0f} tok/s",
+                    refresh=False,
+                )
+        return finals
+
+    # -- batch generation, streaming and chat -------------------------------------------------
 
     def generate(
         self,
@@ -141,72 +167,28 @@ class LLM:
 
         prompts: a str, a list of str, or a list of token-id lists. sampling_params: one for all
         prompts, or one per prompt; None = SamplingParams(). use_tqdm shows a progress bar over
-        requests with live prefill and decode throughput.
+        requests with the prompt and output tokens/s so far.
         """
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(sampling_params, len(prompt_list))
-        encoded = [(p, self._encode(p)) if isinstance(p, str) else (None, p) for p in prompt_list]
-        return self._generate(encoded, params_list, use_tqdm)
-
-    def _encode(self, prompt: str) -> list[int]:
-        if prompt == "":
-            raise ValueError("a prompt is empty: give at least one character")
-        return self.engine.encode_prompt(prompt)
-
-    def _generate(
-        self, prompts: list[tuple[str | None, list[int]]], params_list: list[SamplingParams], use_tqdm: bool
-    ) -> list[RequestOutput]:
-        """Run (prompt text or None, prompt ids) requests to completion; outputs in input order."""
-        seqs = [self.engine.make_sequence(ids, params) for (_, ids), params in zip(prompts, params_list)]
-        for seq in seqs:
-            self.engine.add_sequence(seq)
-        try:
-            self._run_until_finished(seqs, use_tqdm)
-        except BaseException:
-            for seq in seqs:  # an interrupted call leaves nothing behind, finished requests included
-                self.engine.abort(seq)
-            raise
-        return [_request_output(self.engine, seq, text) for seq, (text, _) in zip(seqs, prompts)]
-
-    def _run_until_finished(self, seqs: list[Sequence], use_tqdm: bool) -> None:
-        mine = {seq.seq_id for seq in seqs}
-        remaining = len(seqs)
-        throughput = {True: 0.0, False: 0.0}  # is_prefill -> tokens/s of the latest such step
-        with tqdm(total=len(seqs), desc="Generating", unit="req", disable=not use_tqdm, dynamic_ncols=True) as bar:
-            while remaining:
-                start = time.perf_counter()
-                step = self.engine.step()
-                throughput[step.is_prefill] = step.num_tokens / max(time.perf_counter() - start, 1e-9)
-                done = sum(1 for seq in step.seqs if seq.is_finished and seq.seq_id in mine)
-                remaining -= done
-                bar.set_postfix_str(
-                    f"prefill {throughput[True]:.0f} tok/s, decode {throughput[False]:.0f} tok/s", refresh=False
-                )
-                bar.update(done)
-
-    # -- streaming and chat -------------------------------------------------------------------
+        return self._run([(prompt, None) for prompt in prompt_list], params_list, use_tqdm)
 
     def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> TextStream:
-        """Generate for one prompt, yielding text deltas as they are decoded.
+        """Generate for one prompt (SamplingParams.n = 1), yielding text deltas as they are decoded.
 
-        Deltas never split a UTF-8 character and never show (part of) a stop string. The prompt
-        is validated right away; generation runs as the stream is consumed, and closing or
-        abandoning the stream aborts the request. Once exhausted, `stream.output` holds the
-        RequestOutput.
+        Deltas never split a UTF-8 character and never show (part of) a stop string. The request
+        is checked and queued right away and generates as the engine steps (as the stream is
+        consumed, or as another consumer of this LLM steps it); closing or dropping the stream
+        aborts it. Once exhausted, `stream.output` holds the final RequestOutput.
         """
         params = _check_params(sampling_params if sampling_params is not None else SamplingParams())
-        prompt = _check_prompt(prompt, "prompt")
-        ids = self._encode(prompt) if isinstance(prompt, str) else prompt
-        text = prompt if isinstance(prompt, str) else None
-        return TextStream(self.engine, self.engine.make_sequence(ids, params), text)
+        if params.n != 1:
+            raise ValueError(f"stream takes SamplingParams.n = 1, got n={params.n}: use generate() for several samples")
+        return TextStream(self, self._submit(_check_prompt(prompt, "prompt"), params))
 
     def apply_chat_template(self, messages: Messages, *, add_generation_prompt: bool = True) -> str:
         """The prompt text the model's own chat template makes of `messages`."""
-        tokenizer = self.engine.tokenizer
-        return render_chat_template(
-            tokenizer.chat_template, messages, add_generation_prompt=add_generation_prompt,
-            bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-        )
+        return self.engine.processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
 
     def chat(
         self,
@@ -225,63 +207,59 @@ class LLM:
             and not isinstance(messages[0], str)
         )
         conversations = list(messages) if is_batch else [messages]
-        texts = [self.apply_chat_template(c) for c in conversations]
-        # The template writes BOS itself when the model wants one: encode without adding it.
-        prompts = [(text, self.engine.tokenizer.encode(text, allow_special=True)) for text in texts]
-        return self._generate(prompts, _as_params_list(sampling_params, len(prompts)), use_tqdm)
+        rendered = [self.engine.processor.encode_chat(conversation) for conversation in conversations]
+        prompts = [(ids, text) for text, ids in rendered]
+        return self._run(prompts, _as_params_list(sampling_params, len(prompts)), use_tqdm)
 
 
 class TextStream(Iterator[str]):
-    """The text deltas of one streamed request (see `LLM.stream`); `output` is set when it ends."""
+    """The text deltas of one streamed request (see `LLM.stream`); `output` is set when it ends.
 
-    def __init__(self, engine: LLMEngine, seq: Sequence, prompt: str | None) -> None:
+    Written without a generator, so that nothing refers back to the stream: dropping the last
+    reference to it aborts its request at once.
+    """
+
+    def __init__(self, llm: LLM, request_id: str) -> None:
         self.output: RequestOutput | None = None
-        self._engine = engine
-        self._seq = seq
-        self._prompt = prompt
-        self._deltas = self._generate()
+        self._llm = llm
+        self._request_id = request_id
+        self._queue = llm._outputs[request_id]
+        self._closed = False
 
     def __next__(self) -> str:
-        return next(self._deltas)
+        if self._closed:
+            raise StopIteration
+        try:
+            delta = self._next_delta()
+        except BaseException:  # a failed or interrupted step: the request goes too
+            self.close()
+            raise
+        if delta is None:
+            self.close()
+            raise StopIteration
+        return delta
+
+    def _next_delta(self) -> str | None:
+        """The next non-empty text delta, or None once the request has finished."""
+        while self.output is None:
+            if not self._queue:
+                self._llm._step()
+                continue
+            output = self._queue.popleft()
+            if output.finished:
+                self.output = output
+            if output.outputs[0].delta_text:
+                return output.outputs[0].delta_text
+        return None
 
     def close(self) -> None:
-        """Stop generating and free the request's KV cache."""
-        self._deltas.close()
+        """Stop generating and free the request's KV cache (nothing to do once it finished)."""
+        if not self._closed:
+            self._closed = True
+            self._llm._drop(self._request_id)
 
-    def _generate(self) -> Iterator[str]:
-        engine, seq = self._engine, self._seq
-        engine.add_sequence(seq)
-        detokenizer = engine.detokenizer(seq)
-        shown = 0
-        try:
-            while True:
-                finished = seq.is_finished
-                end = detokenizer.stream_safe_length(finished)
-                if end > shown:
-                    yield detokenizer.text[shown:end]
-                    shown = end
-                if finished:
-                    self.output = _request_output(engine, seq, self._prompt)
-                    return
-                engine.step()
-        finally:
-            if self.output is None:  # closed or failed early: drop the request, finished or not
-                engine.abort(seq)
-
-
-def _request_output(engine: LLMEngine, seq: Sequence, prompt: str | None) -> RequestOutput:
-    """The RequestOutput of a finished sequence (releases its text state in the engine)."""
-    return RequestOutput(
-        request_id=seq.seq_id,
-        prompt=prompt,
-        prompt_token_ids=seq.prompt_token_ids,
-        text=engine.release(seq),
-        token_ids=seq.output_token_ids,
-        finish_reason=seq.finish_reason,
-        stop_reason=seq.stop_reason,
-        logprobs=seq.logprobs,
-        metrics=seq.metrics,
-    )
+    def __del__(self) -> None:
+        self.close()
 
 
 def _check_prompt(prompt: object, name: str) -> Prompt:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 
-from fastllm.api import LLM, RequestOutput, get_llm
-from fastllm.engine.llm_engine import load_tokenizer
-from fastllm.engine.sampling_params import SamplingParams
+from fastllm import LLM, RequestOutput, SamplingParams, Tokenizer, default_model_path
+from fastllm.api import get_llm
 
 DEMO_QUESTION = "Explain in two sentences why the sky is blue."
 DEMO_MAX_TOKENS = 96
@@ -142,9 +140,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from fastllm.loader.default_model import default_model_path
-
-    tokenizer = load_tokenizer(args.model if args.model is not None else default_model_path())
+    tokenizer = Tokenizer.from_path(args.model if args.model is not None else default_model_path())
     ids = tokenizer.encode(args.text)
     if args.tokens:
         print(json.dumps([[i, tokenizer.decode([i])] for i in ids], ensure_ascii=False))
@@ -156,12 +152,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 def _demo(_: argparse.Namespace) -> int:
     start = time.perf_counter()
     llm = get_llm()
-    engine = llm.engine
-    print(
-        f"Loaded {os.path.basename(engine.config.model or 'SmolLM2-135M-Instruct')} in {time.perf_counter() - start:.1f} s "
-        f"(device {engine.model.device}, {str(engine.model.dtype).removeprefix('torch.')}, "
-        f"backend {engine.model.backend.name})"
-    )
+    print(f"Loaded {llm!r} in {time.perf_counter() - start:.1f} s")
     print(f"\nUser: {DEMO_QUESTION}\nAssistant: ", end="", flush=True)
     output = llm.chat(
         [{"role": "user", "content": DEMO_QUESTION}],

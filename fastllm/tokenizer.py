@@ -1,9 +1,12 @@
 """fastllm.Tokenizer: byte-level BPE in C++ (fastllm._tokenizer), exact to Hugging Face `tokenizers`.
 
 API (the engine and users rely on these; see README "Tokenizer"):
+    Tokenizer.from_path(path)                         a model's tokenizer: GGUF file or HF folder
     Tokenizer.from_gguf(path, *, pre_tokenizer=None)  tokens, merges, token types, pre-tokenizer,
                                                       bos/eos and chat template of a GGUF file
+    Tokenizer.from_gguf_metadata(metadata, *, source) the same from a GGUF header already read
     Tokenizer.from_file(path)                         an HF tokenizer.json (+ tokenizer_config.json beside it)
+    Tokenizer.from_json(spec, config, *, source)      the same from those files' parsed JSON
     tok.encode(text, *, allow_special=True) -> list[int]        never adds BOS/EOS; never raises on a str
     tok.encode_batch(texts, *, allow_special=True, num_threads=None) -> list[list[int]]   GIL released
     tok.decode(ids, *, skip_special_tokens=False) -> str        invalid UTF-8 -> U+FFFD
@@ -102,6 +105,11 @@ class Tokenizer:
     # ----------------------------------------------------------------------------- loading
 
     @classmethod
+    def from_path(cls, path: str | os.PathLike) -> Tokenizer:
+        """A model's tokenizer: an HF folder's tokenizer.json, or the vocabulary inside a GGUF file."""
+        return cls.from_file(path) if os.path.isdir(path) else cls.from_gguf(path)
+
+    @classmethod
     def from_gguf(cls, path: str | os.PathLike, *, pre_tokenizer: str | None = None) -> Tokenizer:
         """Load the tokenizer stored in a GGUF model file (`tokenizer.ggml.*` metadata).
 
@@ -110,7 +118,15 @@ class Tokenizer:
         from fastllm.loader.gguf_file import GGUFFile  # the loader's fast metadata reader
 
         path = _existing_file(path)
-        metadata = GGUFFile(path).metadata
+        return cls.from_gguf_metadata(GGUFFile(path).metadata, source=path, pre_tokenizer=pre_tokenizer)
+
+    @classmethod
+    def from_gguf_metadata(
+        cls, metadata: dict[str, Any], *, source: str, pre_tokenizer: str | None = None
+    ) -> Tokenizer:
+        """The tokenizer in a GGUF header's `tokenizer.ggml.*` keys (see `from_gguf`); `source`
+        (the file's path) prefixes error messages."""
+        path = source
 
         def field(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
             if key not in metadata:
@@ -171,15 +187,20 @@ class Tokenizer:
         if path.is_dir():
             path = path / "tokenizer.json"
         path = Path(_existing_file(path))
-        spec = _read_json(path)
         config_path = path.with_name("tokenizer_config.json")
         config = _read_json(config_path) if config_path.is_file() else {}
+        return cls.from_json(_read_json(path), config, source=str(path))
+
+    @classmethod
+    def from_json(cls, spec: dict, config: dict | None = None, *, source: str) -> Tokenizer:
+        """The tokenizer of a parsed tokenizer.json (`spec`) and tokenizer_config.json (`config`, or
+        None); `source` (the tokenizer.json path) prefixes error messages."""
         try:
-            return cls._from_tokenizer_json(spec, config)
+            return cls._from_tokenizer_json(spec, config or {})
         except (KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{path}: malformed tokenizer.json ({type(error).__name__}: {error})") from None
+            raise ValueError(f"{source}: malformed tokenizer.json ({type(error).__name__}: {error})") from None
         except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+            raise ValueError(f"{source}: {error}") from None
 
     @classmethod
     def _from_tokenizer_json(cls, spec: dict, config: dict) -> Tokenizer:

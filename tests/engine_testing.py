@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from fastllm.engine.llm_engine import EngineConfig, LLMEngine
+from fastllm.engine.config import EngineConfig
+from fastllm.engine.llm_engine import LLMEngine
+from fastllm.engine.outputs import RequestOutput
+from fastllm.engine.sampling_params import SamplingParams
 from fastllm.model import AttentionMetadata, LlamaForCausalLM, ModelConfig, get_backend
 from fastllm.model.weights import llama_weight_shapes
 
@@ -13,14 +16,16 @@ TINY_VOCAB = 101
 TINY_EOS = 2
 
 
-def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer GQA Llama with random weights (float32, torch backend)."""
+def tiny_model(
+    seed: int = 0, *, backend: str = "torch", head_dim: int = 8, max_position_embeddings: int = 256
+) -> LlamaForCausalLM:
+    """A 2-layer GQA Llama with random weights (float32)."""
     config = ModelConfig(
         vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
-        eos_token_id=TINY_EOS,
+        num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True, eos_token_id=TINY_EOS,
     )
-    model = LlamaForCausalLM(config, get_backend("torch"))
+    model = LlamaForCausalLM(config, get_backend(backend))
     generator = torch.Generator().manual_seed(seed)
     weights = {}
     for name, shape in llama_weight_shapes(config).items():
@@ -61,13 +66,27 @@ def tiny_engine(model: LlamaForCausalLM, **config) -> LLMEngine:
     return LLMEngine(model, CharTokenizer(), EngineConfig(**config))
 
 
-def run_to_completion(engine: LLMEngine, max_steps: int = 10_000) -> int:
-    """Step until idle; returns the number of steps (fails instead of hanging)."""
-    for steps in range(max_steps):
+def run_to_completion(engine: LLMEngine, max_steps: int = 10_000) -> dict[str, RequestOutput]:
+    """Step until idle (failing instead of hanging); returns the final output of every request
+    that finished meanwhile, by request id."""
+    finals: dict[str, RequestOutput] = {}
+    for _ in range(max_steps):
         if not engine.has_unfinished_requests():
-            return steps
-        engine.step()
+            return finals
+        for output in engine.step():
+            if output.finished:
+                finals[output.request_id] = output
     raise AssertionError(f"engine still busy after {max_steps} steps")
+
+
+def generate(
+    engine: LLMEngine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+) -> list[RequestOutput]:
+    """Add every prompt, run to completion; final outputs in prompt order."""
+    params = params if isinstance(params, list) else [params] * len(prompts)
+    request_ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    finals = run_to_completion(engine)
+    return [finals[request_id] for request_id in request_ids]
 
 
 @torch.inference_mode()

@@ -23,8 +23,9 @@ def alone(llm):
 
 def assert_idle(llm):
     engine = llm.engine
-    assert not engine.has_unfinished_requests()
+    assert not engine.has_unfinished_requests() and not engine.scheduler.has_unfinished()
     assert engine.block_manager.num_free_blocks == engine.num_kv_blocks
+    assert llm._outputs == {}
 
 
 def test_generate_one_str(llm, alone):
@@ -177,6 +178,7 @@ def test_fastllm_generate_uses_the_cached_llm(llm, alone):
         ({"backend": "jax"}, ValueError, "backend must be 'auto' or one of"),
         ({"device": "tpu"}, ValueError, "device must be 'auto'"),
         ({"model": "/no/such/model.gguf"}, FileNotFoundError, "no/such/model.gguf"),
+        ({"max_num_sequences": 4}, TypeError, "unknown engine option max_num_sequences: the options are device, "),
     ],
 )
 def test_bad_llm_settings_fail_before_loading(kwargs, error, message):
@@ -195,9 +197,9 @@ def tiny_llm():
 
 
 def assert_forgotten(llm):
-    """Idle, and no request's text state left behind in the engine."""
+    """Idle, and no request's state left behind in the engine or the LLM."""
     assert_idle(llm)
-    assert llm.engine._detokenizers == {}
+    assert llm.engine._requests == {} and llm._outputs == {}
 
 
 def test_interrupted_generate_forgets_its_finished_requests_too(tiny_llm, monkeypatch):
@@ -227,3 +229,26 @@ def test_abandoning_a_stream_that_another_stream_finished_forgets_it(tiny_llm):
     passenger.close()
     assert passenger.output is None
     assert_forgotten(tiny_llm)
+
+
+def test_n_samples_come_grouped_per_prompt(tiny_llm):
+    params = SamplingParams(temperature=0.9, seed=3, max_tokens=6, ignore_eos=True, n=3)
+    single = SamplingParams(temperature=0.9, max_tokens=6, ignore_eos=True)
+    first, second = tiny_llm.generate([[5, 6, 7], [8, 9]], [params, single], use_tqdm=False)
+    assert [o.index for o in first.outputs] == [0, 1, 2] and len(second.outputs) == 1
+    again = tiny_llm.generate([[5, 6, 7]], SamplingParams(**{**params.__dict__, "n": 1, "seed": 5}), use_tqdm=False)
+    assert first.outputs[2].token_ids == again[0].token_ids  # sample 2 drew with seed 3 + 2
+    with pytest.raises(ValueError, match="stream takes SamplingParams.n = 1, got n=3"):
+        tiny_llm.stream([5, 6], params)
+    assert_forgotten(tiny_llm)
+
+
+def test_a_stream_dropped_unread_is_aborted(tiny_llm):
+    stream = tiny_llm.stream([5, 6, 7], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
+    assert tiny_llm.engine.get_num_unfinished_requests() == 1  # queued at once
+    del stream
+    assert_forgotten(tiny_llm)
+
+
+def test_repr_names_the_model_and_where_it_runs(tiny_llm):
+    assert repr(tiny_llm) == "LLM('llama', device=cpu, dtype=float32, backend=torch)"

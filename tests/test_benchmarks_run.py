@@ -174,23 +174,22 @@ def test_warm_up_chunks_a_prefill_when_the_budget_allows() -> None:
     assert len(bench_e2e.warm_up_requests(budget=4096, max_running=3, max_len=20, vocab_size=100)) == 2
 
 
-def test_warm_up_reaches_the_paged_prefill(monkeypatch) -> None:
+def test_warm_up_reaches_the_paged_prefill() -> None:
     """Before timing, fastllm must run every prefill variant: a chunked prefill and a prefix-cache
     hit both attend through the block table (the paged kernel variant)."""
     config = bench_e2e.TINY_SHAPES["smollm2-135m"]
     settings = dataclasses.replace(bench_e2e.CPU_SETTINGS, workload=bench_e2e.Workload(4, 12, 20))
     weights = bench_e2e.random_weights(config, seed=0, dtype=torch.float32, device=torch.device("cpu"))
-    model = bench_e2e.LlamaForCausalLM(config, bench_e2e.get_backend("torch"))
-    model.load_weights(weights)
-    llm = bench_e2e.LLM.from_model(model, max_num_seqs=8, max_model_len=64, max_num_batched_tokens=50)
+    backend = bench_e2e.get_backend("torch")
     paged: list[bool] = []
-    attention = model.backend.varlen_attention
 
     def spy(*args, **kwargs):
         paged.append(kwargs.get("block_table") is not None)
-        return attention(*args, **kwargs)
+        return backend.varlen_attention(*args, **kwargs)
 
-    monkeypatch.setattr(model.backend, "varlen_attention", spy)
+    model = bench_e2e.LlamaForCausalLM(config, dataclasses.replace(backend, varlen_attention=spy))
+    model.load_weights(weights)
+    llm = bench_e2e.LLM.from_model(model, max_num_seqs=8, max_model_len=64, max_num_batched_tokens=50)
     runner = bench_e2e.FastllmRunner(llm)
     bench_e2e.warm_up(runner, settings, config.vocab_size)
     assert False in paged and True in paged
@@ -295,3 +294,28 @@ def test_generate_benchmark_runs_fastllm_where_it_says(monkeypatch) -> None:
     monkeypatch.setattr(bench_generate, "LLM", lambda **kwargs: options.update(kwargs))
     bench_generate.fastllm_llm.__wrapped__()
     assert (options["device"], options["dtype"]) == ("cpu", "float32")
+
+
+def test_mixed_steps_workload_measures_the_running_requests_through_the_prefill(monkeypatch) -> None:
+    """bench_mixed_steps on a tiny model: the running requests get a token in every step of the
+    long prompt's prefill (decode first), and the gaps are measured across it."""
+    from benchmarks import bench_mixed_steps as bench
+    from fastllm import SamplingParams
+    from tests.engine_testing import tiny_engine, tiny_model
+
+    monkeypatch.setattr(bench, "RUNNING_PROMPT", 5)
+    monkeypatch.setattr(bench, "RUNNING_TOKENS_BEFORE", 2)
+    monkeypatch.setattr(bench, "LONG_PROMPT", 60)
+    monkeypatch.setattr(bench, "RUNNING_MAX_TOKENS", 40)
+    engine = tiny_engine(tiny_model(), max_num_batched_tokens=16)
+
+    def add(prompt, max_tokens):
+        return engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+
+    def step():
+        return [(out.request_id, len(out.outputs[0].delta_token_ids)) for out in engine.step()]
+
+    result, request_ids = bench.interference(engine.model_config.vocab_size, add, step)
+    assert result["running_tokens_during_prefill"] == [5] * 4  # 60 tokens in chunks of 12
+    assert 0 < result["running_itl_during_prefill_s"]["median"] <= result["running_itl_during_prefill_s"]["max"]
+    assert len(request_ids) == 5

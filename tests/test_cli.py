@@ -1,6 +1,8 @@
 """The `fastllm` command, run in-process (it shares the cached default LLM with the API tests)."""
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,9 @@ def test_usage_errors_exit_2(capsys):
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         cli.main(["generate", "hi", "--max-tokens", "many"])
+
+
+def test_the_cli_uses_only_the_public_api():
+    tree = ast.parse(Path(cli.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {m for m in imported if m.startswith("fastllm")} <= {"fastllm", "fastllm.api"}

@@ -18,9 +18,9 @@ from fastllm.engine.cuda_graphs import (
     padded_batch_size,
     supports_cuda_graphs,
 )
-from fastllm.engine.llm_engine import EngineConfig
+from fastllm.engine.config import EngineConfig
 from fastllm.model import AttentionMetadata
-from tests.engine_testing import TINY_VOCAB, random_prompts, run_to_completion, tiny_engine, tiny_model
+from tests.engine_testing import TINY_VOCAB, generate, random_prompts, tiny_engine, tiny_model
 
 CUDA_USABLE = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 NEEDS_CUDA = pytest.mark.skipif(
@@ -138,7 +138,7 @@ def test_engine_with_padded_static_decode_matches_eager(model) -> None:
     prompts = random_prompts([3, 9, 5, 2, 7, 11, 4], seed=5)
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (18, 6, 12, 9, 15, 7, 11)]
 
-    def generate(with_graphs: bool) -> tuple[list[list[int]], list[int], int]:
+    def run(with_graphs: bool) -> tuple[list[list[int]], list[int], int]:
         engine = tiny_engine(model, max_num_seqs=5)
         runner = engine.runner
         batch_sizes: list[int] = []
@@ -146,22 +146,20 @@ def test_engine_with_padded_static_decode_matches_eager(model) -> None:
         if with_graphs:
             # 5 blocks of 4 tokens: the longest requests (up to 22 tokens) outgrow them.
             graphs = DecodeGraphs(model, runner.kv_cache, max_batch_size=5, max_blocks_per_seq=5, block_size=4)
-            replay, prepare = graphs.run, runner._prepare_decode
+            replay, prepare = graphs.run, runner._prepare
 
             def counted_prepare(batch):
                 nonlocal eager_decode_steps
-                eager_decode_steps += 1
+                eager_decode_steps += batch.is_decode_only
                 return prepare(batch)
 
             graphs.run = lambda ids, *rest: batch_sizes.append(len(ids)) or replay(ids, *rest)
-            runner._prepare_decode = counted_prepare
+            runner._prepare = counted_prepare
             runner.decode_graphs = graphs
-        seqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
-        run_to_completion(engine)
-        return [s.output_token_ids for s in seqs], batch_sizes, eager_decode_steps
+        return [o.token_ids for o in generate(engine, prompts, params)], batch_sizes, eager_decode_steps
 
-    expected, _, _ = generate(False)
-    tokens, batch_sizes, eager_decode_steps = generate(True)
+    expected, _, _ = run(False)
+    tokens, batch_sizes, eager_decode_steps = run(True)
     assert tokens == expected
     assert {5, 3} <= set(batch_sizes)  # full and padded (3 -> 4) batches went through the static buffers
     assert eager_decode_steps > 0  # and batches holding a too-long sequence ran eagerly

@@ -4,12 +4,15 @@ must produce exactly what cache-free greedy recomputation produces, and stop whe
 import pytest
 import torch
 
-from fastllm.engine.llm_engine import EngineConfig, LLMEngine, resolve_device, resolve_dtype
+from fastllm.engine.config import EngineConfig
+from fastllm.engine.llm_engine import LLMEngine
+from fastllm.engine.placement import resolve_device, resolve_dtype
 from fastllm.engine.sampling_params import SamplingParams
 from tests.engine_testing import (
     TINY_VOCAB,
     CharTokenizer,
     dense_greedy,
+    generate,
     random_prompts,
     run_to_completion,
     tiny_engine,
@@ -35,42 +38,35 @@ def reference(model, prompts):
     return [dense_greedy(model, p, GREEDY.max_tokens) for p in prompts]
 
 
-def generate(engine, prompts, params=GREEDY):
-    params = params if isinstance(params, list) else [params] * len(prompts)
-    seqs = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
-    run_to_completion(engine)
-    return seqs
-
-
-def outputs(seqs):
-    return [s.output_token_ids for s in seqs]
+def outputs(finals):
+    return [o.token_ids for o in finals]
 
 
 def test_batched_greedy_equals_cache_free_recomputation(model, prompts, reference):
     engine = tiny_engine(model)
-    seqs = generate(engine, prompts)
-    assert outputs(seqs) == reference
-    assert all(s.finish_reason == "length" for s in seqs)
+    finals = generate(engine, prompts, GREEDY)
+    assert outputs(finals) == reference
+    assert all(s.finish_reason == "length" for s in finals)
     assert engine.block_manager.num_free_blocks == engine.num_kv_blocks
 
 
 def test_each_prompt_alone_equals_batched(model, prompts, reference):
     engine = tiny_engine(model)
     for prompt, expected in zip(prompts, reference):
-        assert outputs(generate(engine, [prompt])) == [expected]
+        assert outputs(generate(engine, [prompt], GREEDY)) == [expected]
 
 
 @pytest.mark.parametrize("budget", [1, 7, 16])
 def test_chunked_prefill(model, prompts, reference, budget):
     engine = tiny_engine(model, max_num_batched_tokens=budget)
-    assert outputs(generate(engine, prompts)) == reference
+    assert outputs(generate(engine, prompts, GREEDY)) == reference
 
 
 def test_preemption_under_kv_pressure_loses_nothing(model, prompts, reference):
     engine = tiny_engine(model, num_kv_blocks=16, max_num_batched_tokens=24)  # 64 slots for 7 prompts
-    seqs = generate(engine, prompts)
+    finals = generate(engine, prompts, GREEDY)
     assert engine.scheduler.num_preemptions > 0
-    assert outputs(seqs) == reference
+    assert outputs(finals) == reference
     assert engine.block_manager.num_free_blocks == 16
 
 
@@ -81,18 +77,18 @@ def test_prefix_cache_hits_give_the_same_tokens(model, enable_prefix_caching):
     prompts = [shared + t for t in tails]
     expected = [dense_greedy(model, p, GREEDY.max_tokens) for p in prompts]
     engine = tiny_engine(model, enable_prefix_caching=enable_prefix_caching)
-    first = generate(engine, prompts[:1])
-    rest = generate(engine, prompts[1:])
+    first = generate(engine, prompts[:1], GREEDY)
+    rest = generate(engine, prompts[1:], GREEDY)
     assert outputs(first + rest) == expected
-    cached = [s.metrics.num_cached_tokens for s in rest]
+    cached = [o.metrics.num_cached_tokens for o in rest]
     assert cached == ([20, 20] if enable_prefix_caching else [0, 0])
 
 
 def test_preempted_sequence_recomputes_from_the_prefix_cache(model, prompts, reference):
     engine = tiny_engine(model, num_kv_blocks=16)
-    seqs = generate(engine, prompts)
+    finals = generate(engine, prompts, GREEDY)
     assert engine.block_manager.num_cache_hits > 0
-    assert outputs(seqs) == reference
+    assert outputs(finals) == reference
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(model, prompts):
@@ -111,20 +107,20 @@ def test_stop_token_ids_end_generation_at_the_first_occurrence(model, prompts, r
     expected = reference[2]
     stop_token = expected[4]
     first = expected.index(stop_token)
-    (seq,) = generate(tiny_engine(model), [prompts[2]], SamplingParams(
+    (out,) = generate(tiny_engine(model), [prompts[2]], SamplingParams(
         temperature=0, max_tokens=12, stop_token_ids=[stop_token]))
-    assert seq.output_token_ids == expected[: first + 1]
-    assert seq.finish_reason == "stop" and seq.stop_reason == stop_token
+    assert out.token_ids == expected[: first + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == stop_token
 
 
 def test_stop_string_spanning_tokens_is_cut_from_the_text(model, prompts, reference):
     text = CharTokenizer().decode(reference[4])
     stop = text[6:9]  # three tokens' worth of characters
     engine = tiny_engine(model)
-    (seq,) = generate(engine, [prompts[4]], SamplingParams(temperature=0, max_tokens=12, stop=[stop, "no-such"]))
-    assert seq.finish_reason == "stop" and seq.stop_reason == stop
-    assert engine.release(seq) == text[: text.index(stop)]
-    assert seq.output_token_ids == reference[4][: text.index(stop) + len(stop)]
+    (out,) = generate(engine, [prompts[4]], SamplingParams(temperature=0, max_tokens=12, stop=[stop, "no-such"]))
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.text == text[: text.index(stop)]
+    assert out.token_ids == reference[4][: text.index(stop) + len(stop)]
 
 
 def test_eos_stops_unless_ignored_and_min_tokens_defers_it(model, prompts, reference):
@@ -138,23 +134,23 @@ def test_eos_stops_unless_ignored_and_min_tokens_defers_it(model, prompts, refer
         SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
         SamplingParams(temperature=0, max_tokens=12, min_tokens=5),
     ])
-    assert stopped.output_token_ids == expected[: first + 1] and stopped.finish_reason == "stop"
+    assert stopped.token_ids == expected[: first + 1] and stopped.finish_reason == "stop"
     assert stopped.stop_reason is None
-    assert ignored.output_token_ids == expected and ignored.finish_reason == "length"
-    assert deferred.num_output_tokens >= 5 and tokenizer.eos_id not in deferred.output_token_ids[:5]
+    assert ignored.token_ids == expected and ignored.finish_reason == "length"
+    assert len(deferred.token_ids) >= 5 and tokenizer.eos_id not in deferred.token_ids[:5]
 
 
 def test_max_tokens_none_runs_to_the_context_length(model, prompts):
     engine = tiny_engine(model, max_model_len=40)
-    (seq,) = generate(engine, [prompts[1]], SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))
-    assert seq.num_tokens == 40 and seq.finish_reason == "length"
+    (out,) = generate(engine, [prompts[1]], SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))
+    assert len(out.prompt_token_ids) + len(out.token_ids) == 40 and out.finish_reason == "length"
 
 
 def test_logprobs_one_entry_per_generated_token(model, prompts):
-    (seq,) = generate(tiny_engine(model), [prompts[0]], SamplingParams(
+    (out,) = generate(tiny_engine(model), [prompts[0]], SamplingParams(
         temperature=0, max_tokens=6, logprobs=2, ignore_eos=True))
-    assert len(seq.logprobs) == 6
-    for token, entry in zip(seq.output_token_ids, seq.logprobs):
+    assert len(out.logprobs) == 6
+    for token, entry in zip(out.token_ids, out.logprobs):
         assert token in entry and 2 <= len(entry) <= 3
         assert max(entry.values()) == entry[token]  # greedy: the sampled token is the most likely
 
@@ -165,8 +161,8 @@ def test_abort_frees_blocks_and_the_engine_goes_on(model, prompts, reference):
     kept = engine.add_request(prompts[0], GREEDY)
     engine.step()
     engine.abort(doomed)
-    run_to_completion(engine)
-    assert doomed.finish_reason == "abort" and kept.output_token_ids == reference[0]
+    finals = run_to_completion(engine)
+    assert list(finals) == [kept] and finals[kept].token_ids == reference[0]
     assert engine.block_manager.num_free_blocks == engine.num_kv_blocks
 
 
@@ -204,6 +200,8 @@ def test_request_larger_than_the_kv_pool_is_refused(model):
 def test_sampling_params_type_is_checked(model):
     with pytest.raises(TypeError, match="sampling_params must be a SamplingParams"):
         tiny_engine(model).add_request([1, 2], {"temperature": 0})
+    with pytest.raises(TypeError, match="prompt must be a str or a list of token ids, got int"):
+        tiny_engine(model).add_request(7, GREEDY)
 
 
 @pytest.mark.parametrize(

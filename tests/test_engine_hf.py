@@ -7,9 +7,10 @@ and recomputed under KV-cache pressure. Both sides get the same prompt token ids
 
 import pytest
 
-from fastllm.engine.llm_engine import EngineConfig, LLMEngine
+from fastllm.engine.config import EngineConfig
+from fastllm.engine.llm_engine import LLMEngine
 from fastllm.engine.sampling_params import SamplingParams
-from tests.engine_testing import run_to_completion
+from tests.engine_testing import generate
 from tests.llama_testing import hf_greedy
 
 NEW_TOKENS = 32
@@ -45,13 +46,12 @@ def hf_reference(hf_default_model, prompts):
 
 def engine_over(default_llm, **settings):
     """A fresh engine sharing the default model's weights."""
-    return LLMEngine(default_llm.engine.model, default_llm.tokenizer, EngineConfig(**settings))
+    engine = default_llm.engine
+    return LLMEngine(engine.model, engine.tokenizer, EngineConfig(**settings), engine.processor.prompt_format)
 
 
 def greedy(engine, prompts):
-    seqs = [engine.add_request(p, GREEDY) for p in prompts]
-    run_to_completion(engine)
-    return [s.output_token_ids for s in seqs]
+    return [o.token_ids for o in generate(engine, prompts, GREEDY)]
 
 
 def test_long_prompt_is_long_enough_to_chunk(prompts):
@@ -72,12 +72,11 @@ def test_prefix_cache_hit_gives_the_same_tokens(default_llm, prompts, hf_referen
     engine = engine_over(default_llm, num_kv_blocks=128)
     greedy(engine, [prompts[3]])
     variant = prompts[3][:-3] + prompts[0]  # the long prefix with another ending
-    seqs = [engine.add_request(p, GREEDY) for p in (prompts[3], variant)]
-    run_to_completion(engine)
-    assert all(s.metrics.num_cached_tokens >= 96 for s in seqs)
-    assert seqs[0].output_token_ids == hf_reference[3]
+    outs = generate(engine, [prompts[3], variant], GREEDY)
+    assert all(o.metrics.num_cached_tokens >= 96 for o in outs)
+    assert outs[0].token_ids == hf_reference[3]
     fresh = engine_over(default_llm, num_kv_blocks=128, enable_prefix_caching=False)
-    assert seqs[1].output_token_ids == greedy(fresh, [variant])[0]
+    assert outs[1].token_ids == greedy(fresh, [variant])[0]
 
 
 def test_chunked_prefill_gives_the_same_tokens(default_llm, prompts, hf_reference):

@@ -56,7 +56,7 @@ def test_config_from_folder(tiny_folders):
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (6, 2, 16)
     assert config.rope_theta == 500000.0 and config.rope_scaling == LLAMA3_SCALING
     assert config.tie_word_embeddings and "lm_head.weight" not in checkpoint.weights
-    assert (config.bos_token_id, config.eos_token_id, config.extra["eos_token_ids"]) == (1, 2, (2,))
+    assert (config.bos_token_id, config.eos_token_id) == (1, 2)
     for name, tensor in hf.state_dict().items():
         if name != "lm_head.weight":
             assert torch.equal(checkpoint.weights[name], tensor), name

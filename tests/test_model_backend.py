@@ -54,7 +54,7 @@ def test_a_module_lacking_ops_is_rejected():
     import types
 
     with pytest.raises(ValueError, match="lacks the ops rms_norm, "):
-        Backend("partial", types.ModuleType("partial_ops"))
+        Backend.from_module("partial", types.ModuleType("partial_ops"))
 
 
 # 32: a head dim the C++ kernel takes. Its exp is a polynomial good to ~2 float32 ulps, so its
@@ -94,3 +94,49 @@ def test_attention_paths_agree_with_dense_causal_attention(name, dim, atol):
         0.3,
     )
     torch.testing.assert_close(torch.cat([first, second, last]), expected, rtol=0, atol=atol)
+
+
+def _mixed_step(dim: int, seed: int):
+    """A mixed step over a paged cache: two decode rows (contexts 9 and 14), then an 11-token
+    sequence's last 6 tokens (5 cached). Returns the attention inputs and the float64 dense result."""
+    generator = torch.Generator().manual_seed(seed)
+    heads, kv_heads, block_size, num_blocks = 4, 2, 4, 16
+    lengths, new = [9, 14, 11], [1, 1, 6]
+    order = torch.randperm(num_blocks, generator=generator).tolist()
+    tables = [order[0:3], order[3:7], order[7:10]]
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=generator)
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=generator)
+    q_rows, k_rows, v_rows, slots, expected = [], [], [], [], []
+    for length, count, table in zip(lengths, new, tables):
+        positions = torch.arange(length)
+        seq_slots = torch.tensor(table)[positions // block_size] * block_size + positions % block_size
+        keys = k_cache.view(-1, kv_heads, dim)[seq_slots].clone()
+        values = v_cache.view(-1, kv_heads, dim)[seq_slots].clone()
+        keys[-count:] = torch.randn(count, kv_heads, dim, generator=generator)  # the step's new tokens
+        values[-count:] = torch.randn(count, kv_heads, dim, generator=generator)
+        q = torch.randn(count, heads, dim, generator=generator)
+        mask = torch.arange(length)[None, :] <= torch.arange(length - count, length)[:, None]
+        expected.append(torch.nn.functional.scaled_dot_product_attention(
+            q.double().transpose(0, 1), keys.double().transpose(0, 1), values.double().transpose(0, 1),
+            attn_mask=mask, scale=0.3, enable_gqa=True,
+        ).transpose(0, 1))
+        q_rows.append(q), k_rows.append(keys[-count:]), v_rows.append(values[-count:]), slots.append(seq_slots[-count:])
+    width = max(map(len, tables))
+    meta = AttentionMetadata(
+        True, torch.cat(slots), cu_seqlens_q=torch.tensor([0, 6], dtype=torch.int32),
+        cu_seqlens_k=torch.tensor([0, 11], dtype=torch.int32), max_seqlen_q=6, max_seqlen_k=11,
+        context_lens=torch.tensor([9, 14], dtype=torch.int32),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32),
+        num_decode_tokens=2,
+    )
+    inputs = (torch.cat(q_rows), torch.cat(k_rows), torch.cat(v_rows), k_cache, v_cache, meta)
+    return inputs, torch.cat(expected)
+
+
+# Largest errors against float64 over seeds 0-299: torch 4.9e-7, cpu 1.0e-6, triton (interpreter) 8.2e-7.
+@pytest.mark.parametrize(("name", "dim", "atol"), [("torch", 8, 2e-6), ("cpu", 32, 4e-6), ("triton", 16, 4e-6)])
+def test_mixed_steps_decode_their_first_rows_and_prefill_the_rest(name, dim, atol):
+    backend = get_backend(name)
+    inputs, expected = _mixed_step(dim, seed=0)
+    out = backend.attention(*inputs, 0.3)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=atol)

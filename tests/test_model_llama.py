@@ -10,6 +10,7 @@ import torch
 from fastllm.loader import load_checkpoint
 from fastllm.loader.default_model import default_model_path
 from fastllm.model import AttentionMetadata, LlamaForCausalLM, get_backend, load_model
+from fastllm.model.linear import encoded_types
 from llama_testing import hf_greedy, paged_logits, random_weights, tiny_config
 
 # |logit difference| against HF on CPU float32, logits of magnitude 20-35 (fastllm's matmuls and
@@ -40,7 +41,10 @@ def model_per_backend(request, default_model):
     one-call decode steps."""
     if request.param == "torch":
         return default_model
-    model, _ = load_model(None, dtype=torch.float32, device="cpu", backend=get_backend("cpu"))
+    backend = get_backend("cpu")
+    encoded = encoded_types(backend.name, torch.device("cpu"), torch.float32)
+    model = load_model(load_checkpoint(default_model_path(), keep_encoded=encoded), dtype=torch.float32, device="cpu",
+                       backend=backend)
     assert model._fused_decode is not None
     return model
 
@@ -75,7 +79,6 @@ def test_default_config(default_checkpoint):
     assert config.rms_norm_eps == pytest.approx(1e-5)
     assert config.tie_word_embeddings and config.rope_scaling is None
     assert (config.bos_token_id, config.eos_token_id) == (1, 2)
-    assert "<|im_start|>" in config.extra["chat_template"]
 
 
 def test_single_prompt_matches_hf(model_per_backend, hf_default_model):

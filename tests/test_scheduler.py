@@ -1,4 +1,4 @@
-"""Scheduler: prefill-first continuous batching, token budget, chunked prefill, preemption (no model)."""
+"""Scheduler: continuous batching with decode first, token budget, chunked prefill, preemption (no model)."""
 
 from fastllm.engine.block_manager import BlockManager
 from fastllm.engine.sampling_params import SamplingParams
@@ -37,9 +37,9 @@ def test_prefill_batches_prompts_together_then_decodes_them_together():
     s = make()
     a, b = add(s, 5, 0), add(s, 9, 1)
     batch = run_step(s)
-    assert batch.is_prefill and batch.seqs == [a, b] and batch.num_new_tokens == [5, 9]
+    assert batch.decode_seqs == [] and batch.prefill_seqs == [a, b] and batch.num_new_tokens == [5, 9]
     batch = run_step(s)
-    assert not batch.is_prefill and batch.seqs == [a, b] and batch.num_new_tokens == [1, 1]
+    assert batch.is_decode_only and batch.seqs == [a, b] and batch.num_new_tokens == [1, 1]
 
 
 def test_token_budget_chunks_a_long_prompt_and_only_its_last_chunk_samples():
@@ -48,20 +48,43 @@ def test_token_budget_chunks_a_long_prompt_and_only_its_last_chunk_samples():
     chunks = []
     while seq.num_output_tokens == 0:
         batch = run_step(s)
-        assert batch.is_prefill and batch.num_tokens <= 8
+        assert batch.prefill_seqs == [seq] and batch.num_tokens <= 8
+        assert batch.sampled_seqs == ([seq] if sum(chunks) + batch.num_tokens == 20 else [])
         chunks.append(batch.num_new_tokens[0])
     assert chunks == [8, 8, 4]
 
 
-def test_prefill_goes_first_and_new_prompts_share_the_leftover_budget():
+def test_decode_goes_first_and_prompts_share_the_leftover_budget():
     s = make(max_num_batched_tokens=10)
     a = add(s, 6, 0)
     b = add(s, 6, 1)
     batch = run_step(s)
-    assert batch.seqs == [a, b] and batch.num_new_tokens == [6, 4]  # b chunked
+    assert batch.prefill_seqs == [a, b] and batch.prefill_counts == [6, 4]  # b chunked
+    batch = run_step(s)  # a decodes while b's prefill goes on: a mixed step
+    assert batch.decode_seqs == [a] and batch.prefill_seqs == [b] and batch.num_new_tokens == [1, 2]
+    assert batch.sampled_seqs == [a, b]
+    assert run_step(s).is_decode_only
+
+
+def test_running_sequences_decode_every_step_while_a_long_prompt_is_chunked():
+    s = make(num_blocks=64, max_num_batched_tokens=16)
+    decoding = [add(s, 3, i, max_tokens=30, first_token=10 * i) for i in range(4)]
+    run_step(s)
+    long = add(s, 90, 9, max_tokens=2, first_token=100)
+    chunks = []
+    while long.num_output_tokens == 0:
+        batch = run_step(s)
+        assert batch.decode_seqs == decoding and batch.num_tokens <= 16
+        chunks.append(batch.prefill_counts[0])
+    assert chunks == [12] * 7 + [6]
+
+
+def test_a_prompt_left_with_one_token_is_a_decode_row():
+    s = make(max_num_batched_tokens=8)
+    seq = add(s, 9, 0)
+    run_step(s)
     batch = run_step(s)
-    assert batch.is_prefill and batch.seqs == [b] and batch.num_new_tokens == [2]
-    assert not run_step(s).is_prefill
+    assert batch.decode_seqs == [seq] and batch.sampled_seqs == [seq] and seq.num_output_tokens == 1
 
 
 def test_max_num_seqs_caps_running_sequences():

@@ -10,12 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastllm.engine.llm_engine import EngineConfig, LLMEngine
+from fastllm.engine.config import EngineConfig
+from fastllm.engine.llm_engine import LLMEngine
 from fastllm.engine.sampling_params import SamplingParams
 from fastllm.loader import Checkpoint, load_checkpoint
 from fastllm.loader.default_model import default_model_path
 from fastllm.model import LlamaForCausalLM, get_backend
 from fastllm.tokenizer import Tokenizer
+from tests.engine_testing import generate
 
 NEW_TOKENS = 3
 
@@ -35,10 +37,7 @@ def _greedy(checkpoint: Checkpoint, tokenizer: Tokenizer, backend: str, prompts:
     model.load_weights(checkpoint.weights)
     config = EngineConfig(device="cpu", dtype="float32", backend=backend, block_size=16, num_kv_blocks=8)
     engine = LLMEngine(model.eval(), tokenizer, config)
-    seqs = [engine.add_request(prompt, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)) for prompt in prompts]
-    while engine.has_unfinished_requests():
-        engine.step()
-    return [seq.output_token_ids for seq in seqs]
+    return [o.token_ids for o in generate(engine, prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0))]
 
 
 def test_triton_backend_generates_the_torch_backends_greedy_tokens(checkpoint: Checkpoint, tokenizer: Tokenizer) -> None:

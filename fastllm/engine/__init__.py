@@ -1,14 +1,20 @@
-"""The serving engine: requests in, tokens out.
+"""The serving engine: requests in, outputs out.
 
+    config           EngineConfig: every engine option, documented once
+    placement        device and dtype resolution
     sampling_params  SamplingParams (validated per request)
-    sequence         Sequence: one request's tokens, KV blocks and progress
+    processor        InputProcessor: prompts encoded and checked into Requests
+    request          Request: one prompt and its samples
+    sequence         Sequence: one sample's tokens, KV blocks, text and progress
+    outputs          RequestOutput / CompletionOutput / RequestMetrics: what step() returns
     block_manager    paged KV-cache bookkeeping, prefix caching
-    scheduler        continuous batching, chunked prefill, preemption
+    scheduler        continuous batching, chunked prefill with decode first, preemption
+    memory           the KV pool's size
     model_runner     KV cache tensor, step inputs, forward, logits
     sampler          penalties, seeds, logprobs; the draw through the backend
     detokenizer      incremental, UTF-8-safe output text and stop strings
     chat_template    the model's jinja2 chat template
-    llm_engine       LLMEngine: ties them together, one step at a time
+    llm_engine       LLMEngine: add_request, step, abort
 
 The public API on top is `fastllm.LLM` / `fastllm.generate` (fastllm/api.py).
 """

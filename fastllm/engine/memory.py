@@ -1,7 +1,7 @@
-"""GPU memory a model step needs besides the KV cache, measured before the KV pool is sized.
+"""The KV pool's size: a memory budget, less what a model step needs besides the KV cache.
 
-The KV pool takes what is left of `gpu_memory_utilization` of the free memory once this is held
-back: the activations of the largest prefill step (with the logits it samples) and, when decode
+On a CPU the budget is a fixed `CPU_KV_CACHE_BYTES`. On CUDA the KV pool takes what is left of
+`gpu_memory_utilization` of the free memory once this is held back: the activations of the largest prefill step (with the logits it samples) and, when decode
 steps replay CUDA graphs, the graphs' private memory pool. Both are measured with dummy steps
 on a one-block KV cache: a prefill of `max_num_batched_tokens` tokens, and an eager decode step
 at the largest captured batch (its peak is what the graph pool keeps, since graphs are captured
@@ -15,9 +15,14 @@ from collections.abc import Callable
 
 import torch
 
+from fastllm.engine.config import EngineConfig
 from fastllm.engine.cuda_graphs import DecodeGraphs
+from fastllm.engine.model_runner import kv_cache_bytes_per_block
 from fastllm.model.backend import AttentionMetadata
 from fastllm.model.llama import LlamaForCausalLM
+
+# KV pool budget on CPU, where "free memory" is shared with everything else on the machine.
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def peak_bytes(run: Callable[[], object], device: torch.device) -> int:
@@ -97,3 +102,28 @@ def step_memory_reserve(
         )
         reserve += peak_bytes(dummy_decode(graphs), model.device)
     return reserve
+
+
+def num_kv_blocks(config: EngineConfig, model: LlamaForCausalLM, reserve: Callable[[], int]) -> int:
+    """The pool size: `config.num_kv_blocks` if given, else the memory budget divided by the bytes per block.
+
+    On CUDA the budget is `gpu_memory_utilization` of the free memory less `reserve()` (see
+    `step_memory_reserve`), called only when the pool is sized here.
+    """
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    per_block = kv_cache_bytes_per_block(model.config, config.block_size, model.dtype)
+    if model.device.type == "cuda":
+        reserved = reserve()
+        torch.cuda.empty_cache()  # the measuring steps' cached blocks count as free below
+        free, _total = torch.cuda.mem_get_info(model.device)
+        budget = int(free * config.gpu_memory_utilization) - reserved
+    else:
+        budget = CPU_KV_CACHE_BYTES
+    blocks = budget // per_block
+    if blocks < 1:
+        raise ValueError(
+            f"no room for the KV cache: {max(budget, 0)} bytes available, one block of {config.block_size} tokens "
+            f"needs {per_block}; free memory, raise gpu_memory_utilization or pass num_kv_blocks"
+        )
+    return blocks

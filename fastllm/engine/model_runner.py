@@ -1,10 +1,11 @@
 """ModelRunner: owns the KV cache and turns a ScheduledBatch into one forward pass and a sample.
 
 Step inputs are flat tensors (input_ids, positions, slot_mapping, cu_seqlens / context_lens,
-block_tables), built from Python lists with one asynchronous host-to-device copy each. With
-`cuda_graph_max_batch`, decode steps replay CUDA graphs over static input buffers instead
-(fastllm/engine/cuda_graphs.py); prefills, and decode batches a graph cannot hold, run eagerly.
-Logits are computed only for the rows that sample.
+block_tables), built from Python lists with one asynchronous host-to-device copy each: decode
+rows first, then prefill chunks. With `cuda_graph_max_batch`, steps that only decode replay CUDA
+graphs over static input buffers instead (fastllm/engine/cuda_graphs.py); steps with a prefill
+chunk, and decode batches a graph cannot hold, run eagerly. Logits are computed only for the rows
+that sample.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from fastllm.engine.cuda_graphs import DecodeGraphs, graph_blocks_per_seq
 from fastllm.engine.sampler import Sampler, SamplerOutput
 from fastllm.engine.scheduler import ScheduledBatch
+from fastllm.engine.sequence import Sequence
 from fastllm.model.backend import AttentionMetadata
 from fastllm.model.config import ModelConfig
 from fastllm.model.llama import LlamaForCausalLM
@@ -32,9 +34,9 @@ def zeroed_cache(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     in memory would survive the mask (0 * NaN).
 
     On a CPU the pool is an anonymous memory mapping, whose pages the OS zeroes on first touch:
-    start-up does not write the whole pool (0.6 s for the default 1 GiB), and a session holds only
-    the pages its blocks touch. Ordinary 4 KiB pages, on purpose: numpy's large allocations ask
-    for 2 MiB pages, and with those every layer's first block made 4 MiB resident.
+    start-up does not write the whole pool, and a session holds only the pages its blocks touch.
+    Ordinary 4 KiB pages, on purpose: numpy's large allocations ask for 2 MiB pages, with which
+    every layer's first block made 4 MiB resident.
     """
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
@@ -94,68 +96,64 @@ class ModelRunner:
             return torch.tensor(data, dtype=dtype)
         return torch.tensor(data, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
 
-    def _prepare_prefill(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
+    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int] | None]:
+        """input_ids, positions, metadata and the rows to sample (None: every row) of a step.
+
+        Rows are the decode tokens first, then the prefill chunks packed back to back; a step with
+        both is a prefill step whose first `num_decode_tokens` rows decode (see AttentionMetadata).
+        """
+        size = self.block_size
+        input_ids = [seq.token_ids[-1] for seq in batch.decode_seqs]
+        positions = [seq.num_tokens - 1 for seq in batch.decode_seqs]
+        slots = [seq.block_table[p // size] * size + p % size for seq, p in zip(batch.decode_seqs, positions)]
+        context_lens = [p + 1 for p in positions]
+        num_decode = len(input_ids)
         cu_q, cu_k = [0], [0]
-        sample_rows: list[int] = []
-        attends_to_cache = False
-        for index, (seq, count) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        sample_rows = list(range(num_decode))
+        attends_to_cache = num_decode > 0
+        for seq, count, samples in zip(batch.prefill_seqs, batch.prefill_counts, batch.prefill_samples):
             start = seq.num_computed_tokens
             end = start + count
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
-            slots.extend(slots_of(seq.block_table, start, end, self.block_size))
+            slots.extend(slots_of(seq.block_table, start, end, size))
             cu_q.append(cu_q[-1] + count)
             cu_k.append(cu_k[-1] + end)
             attends_to_cache |= start > 0
-            if batch.samples[index]:
-                sample_rows.append(cu_q[-1] - 1)
-        block_tables = self._block_tables(batch) if attends_to_cache else None
+            if samples:
+                sample_rows.append(num_decode + cu_q[-1] - 1)
+        prefill = bool(batch.prefill_seqs)
         meta = AttentionMetadata(
-            is_prefill=True,
+            is_prefill=prefill,
             slot_mapping=self._tensor(slots, torch.int64),
-            cu_seqlens_q=self._tensor(cu_q, torch.int32),
-            cu_seqlens_k=self._tensor(cu_k, torch.int32),
-            max_seqlen_q=max(batch.num_new_tokens),
-            max_seqlen_k=max(b - a for a, b in zip(cu_k, cu_k[1:])),
-            block_tables=block_tables,
+            cu_seqlens_q=self._tensor(cu_q, torch.int32) if prefill else None,
+            cu_seqlens_k=self._tensor(cu_k, torch.int32) if prefill else None,
+            max_seqlen_q=max(batch.prefill_counts, default=0),
+            max_seqlen_k=max((b - a for a, b in zip(cu_k, cu_k[1:])), default=0),
+            context_lens=self._tensor(context_lens, torch.int32) if num_decode else None,
+            block_tables=self._block_tables(batch.seqs) if attends_to_cache else None,
+            num_decode_tokens=num_decode if prefill else 0,
         )
-        return self._tensor(input_ids, torch.int64), self._tensor(positions, torch.int64), meta, sample_rows
+        rows = None if len(sample_rows) == len(input_ids) else sample_rows
+        return self._tensor(input_ids, torch.int64), self._tensor(positions, torch.int64), meta, rows
 
-    def _prepare_decode(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        size = self.block_size
-        positions = [seq.num_tokens - 1 for seq in batch.seqs]
-        slots = [seq.block_table[p // size] * size + p % size for seq, p in zip(batch.seqs, positions)]
-        meta = AttentionMetadata(
-            is_prefill=False,
-            slot_mapping=self._tensor(slots, torch.int64),
-            context_lens=self._tensor([p + 1 for p in positions], torch.int32),
-            block_tables=self._block_tables(batch),
-        )
-        input_ids = [seq.token_ids[-1] for seq in batch.seqs]
-        return self._tensor(input_ids, torch.int64), self._tensor(positions, torch.int64), meta
-
-    def _block_tables(self, batch: ScheduledBatch) -> torch.Tensor:
+    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
         # Rows padded with block 0: padding is never read unmasked.
-        width = max(len(seq.block_table) for seq in batch.seqs)
-        return self._tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs], torch.int32)
+        width = max(len(seq.block_table) for seq in seqs)
+        return self._tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs], torch.int32)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> SamplerOutput:
-        """Run one step; returns the sampled tokens of the sequences whose last token it computed, in batch order."""
-        sample_rows = None
-        if batch.is_prefill:
-            input_ids, positions, meta, sample_rows = self._prepare_prefill(batch)
-            hidden = self.model(input_ids, positions, meta, self.kv_cache)
+        """Run one step; returns the sampled tokens of `batch.sampled_seqs`, in that order."""
+        graphs = self.decode_graphs
+        tables = [seq.block_table for seq in batch.decode_seqs]
+        if batch.is_decode_only and graphs is not None and graphs.fits(tables):
+            seqs = batch.decode_seqs
+            hidden = graphs.run([seq.token_ids[-1] for seq in seqs], [seq.num_tokens - 1 for seq in seqs], tables)
+            sample_rows = None
         else:
-            seqs, graphs = batch.seqs, self.decode_graphs
-            tables = [seq.block_table for seq in seqs]
-            if graphs is not None and graphs.fits(tables):
-                hidden = graphs.run([seq.token_ids[-1] for seq in seqs], [seq.num_tokens - 1 for seq in seqs], tables)
-            else:
-                hidden = self.model(*self._prepare_decode(batch), self.kv_cache)
+            input_ids, positions, meta, sample_rows = self._prepare(batch)
+            hidden = self.model(input_ids, positions, meta, self.kv_cache)
         sampling = batch.sampled_seqs
         if not sampling:
             return SamplerOutput([], [])

@@ -7,7 +7,7 @@ counts live on the device with each request (`PenaltyCounts`) and grow by each s
 token, so no step builds or uploads a [rows, vocab] table.
 
 Seeds: a row's draw depends only on its logits, its parameters and a 64-bit seed. A seeded
-request's per-step seed is a hash of (its seed, how many tokens it has generated), so the same
+sample's per-step seed is a hash of (its seed, how many tokens it has generated), so the same
 request samples the same tokens whatever else is in the batch (and after a preemption);
 unseeded requests take fresh seeds from a process-level generator.
 """
@@ -128,8 +128,8 @@ class Sampler:
         device = logits.device
         params = [seq.params for seq in seqs]
         seeds = [
-            step_seed(p.seed, seq.num_output_tokens) if p.seed is not None else self._unseeded.getrandbits(63)
-            for p, seq in zip(params, seqs)
+            step_seed(seq.seed, seq.num_output_tokens) if seq.seed is not None else self._unseeded.getrandbits(63)
+            for seq in seqs
         ]
         return self.backend.sample(
             logits,

@@ -53,6 +53,9 @@ class SamplingParams:
             tokens plus the sampled one, from the model's raw distribution (before penalties,
             temperature and filtering); None = off.
         skip_special_tokens: leave special tokens (e.g. <|im_end|>) out of the output text.
+        n: how many samples to generate from the prompt (RequestOutput.outputs). They share the
+            prompt's KV blocks (through the prefix cache); with a `seed`, sample i draws with
+            seed + i, so it equals the only sample of the same request with n = 1 and seed + i.
     """
 
     temperature: float = 1.0
@@ -70,6 +73,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    n: int = 1
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -102,6 +106,7 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.seed must be an int or None, got {self.seed!r}")
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, 0, "an int >= 0 or None")
+        _check_int("n", self.n, 1, "an int >= 1")
 
     @staticmethod
     def _normalize_stop(stop: object) -> tuple[str, ...]:

@@ -1,15 +1,20 @@
-"""Sequence: one request's tokens, KV blocks and progress as it moves through the engine."""
+"""Sequence: one sample of a request, with everything it owns: tokens, KV blocks, text, progress.
+
+A request with SamplingParams.n = 1 is one Sequence; with n > 1 it is n of them (see
+`fastllm.engine.request`), sharing the request's metrics.
+"""
 
 from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fastllm.engine.outputs import CompletionOutput, RequestMetrics
 from fastllm.engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from fastllm.engine.detokenizer import IncrementalDetokenizer
     from fastllm.engine.sampler import PenaltyCounts
 
 
@@ -19,43 +24,36 @@ class SequenceStatus(enum.Enum):
     FINISHED = enum.auto()
 
 
-@dataclass
-class RequestMetrics:
-    """Wall-clock timestamps (time.perf_counter seconds) of one request's life."""
-
-    arrival_time: float
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
-    finished_time: float | None = None
-    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
-    num_preemptions: int = 0
-
-    @property
-    def time_to_first_token(self) -> float | None:
-        if self.first_token_time is None:
-            return None
-        return self.first_token_time - self.arrival_time
-
-    @property
-    def latency(self) -> float | None:
-        if self.finished_time is None:
-            return None
-        return self.finished_time - self.arrival_time
-
-
 class Sequence:
-    """A request inside the engine.
+    """A sample inside the engine.
 
     `token_ids` holds the prompt followed by the generated tokens. `num_computed_tokens` of them
     have their keys/values in the KV cache; the step that computes the last one samples the next
     token. After preemption the whole of `token_ids` is treated as a prompt to recompute, so the
     tokens generated so far are kept.
+
+    index: which sample of its request; a seeded request's sample i draws with seed `params.seed + i`.
+    detokenizer: grows the output text token by token (None: no text, e.g. in scheduler tests).
     """
 
-    def __init__(self, seq_id: int, prompt_token_ids: list[int], params: SamplingParams, max_tokens: int) -> None:
+    def __init__(
+        self,
+        seq_id: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        *,
+        index: int = 0,
+        request_id: str | None = None,
+        metrics: RequestMetrics | None = None,
+        detokenizer: IncrementalDetokenizer | None = None,
+    ) -> None:
         self.seq_id = seq_id
         self.params = params
         self.max_tokens = max_tokens  # resolved limit: params.max_tokens, or what the context leaves
+        self.index = index
+        self.seed = None if params.seed is None else params.seed + index
+        self.request_id = request_id
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed_tokens = 0
@@ -68,7 +66,11 @@ class Sequence:
         self.finish_reason: str | None = None  # "stop" | "length" | "abort"
         self.stop_reason: str | int | None = None  # the stop string or stop token id that ended it
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
-        self.metrics = RequestMetrics(arrival_time=time.perf_counter())
+        self.metrics = metrics if metrics is not None else RequestMetrics(arrival_time=time.perf_counter())
+        self.detokenizer = detokenizer
+        # How much of the output the request's outputs have carried so far (for their deltas).
+        self.num_sent_tokens = 0
+        self.num_sent_chars = 0
         # With penalties: its token counts on the device, kept up to date by the Sampler.
         self.penalty_counts: PenaltyCounts | None = None
 
@@ -114,3 +116,27 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def visible_text(self) -> str:
+        """The output text an output may show now: all of it once finished, else all but what may
+        begin a stop string."""
+        if self.detokenizer is None:
+            return ""
+        text = self.detokenizer.text
+        return text[: self.detokenizer.stream_safe_length(self.finish_reason is not None)]
+
+    def take_output(self) -> CompletionOutput:
+        """This sample's CompletionOutput now, its deltas counted from the previous call."""
+        text, token_ids = self.visible_text(), self.output_token_ids
+        output = CompletionOutput(
+            index=self.index,
+            text=text,
+            token_ids=token_ids,
+            delta_text=text[self.num_sent_chars :],
+            delta_token_ids=token_ids[self.num_sent_tokens :],
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+            logprobs=None if self.logprobs is None else list(self.logprobs),
+        )
+        self.num_sent_chars, self.num_sent_tokens = len(text), len(token_ids)
+        return output

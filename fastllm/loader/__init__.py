@@ -1,20 +1,23 @@
-"""Model loading: a GGUF file or a Hugging Face folder -> `Checkpoint` (ModelConfig + HF-named weights)."""
+"""Model loading: a GGUF file or a Hugging Face folder -> `Checkpoint` (ModelConfig + HF-named weights),
+or with `load` everything the engine needs from it (`ModelFiles`: also the tokenizer and the prompt format)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastllm.loader.checkpoint import Checkpoint, CheckpointError
 from fastllm.loader.default_model import default_model_path
-from fastllm.loader.gguf_file import GGUF_MAGIC
+from fastllm.loader.model_files import ModelFiles, load, model_location
+from fastllm.loader.prompt_format import PromptFormat
 
 if TYPE_CHECKING:
     from gguf import GGMLQuantizationType
 
-__all__ = ["Checkpoint", "CheckpointError", "default_model_path", "load_checkpoint"]
+__all__ = [
+    "Checkpoint", "CheckpointError", "ModelFiles", "PromptFormat", "default_model_path", "load", "load_checkpoint",
+]
 
 
 def load_checkpoint(path: str | os.PathLike, *, keep_encoded: Collection[GGMLQuantizationType] = ()) -> Checkpoint:
@@ -30,17 +33,5 @@ def load_checkpoint(path: str | os.PathLike, *, keep_encoded: Collection[GGMLQua
     from fastllm.loader.gguf_loader import load_gguf
     from fastllm.loader.hf_loader import load_hf_folder
 
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    location = Path(path)
-    if location.is_dir():
-        return load_hf_folder(location)
-    if not location.is_file():
-        raise FileNotFoundError(f"model path does not exist: {os.fspath(path)}")
-    with open(location, "rb") as f:
-        magic = f.read(len(GGUF_MAGIC))
-    if magic == GGUF_MAGIC:
-        return load_gguf(location, keep_encoded=keep_encoded)
-    if location.suffix == ".safetensors" or location.name == "config.json":
-        raise CheckpointError(location, "pass the model folder (config.json + *.safetensors), not one of its files")
-    raise CheckpointError(location, "not a GGUF file (bad magic) and not a Hugging Face model folder")
+    location = model_location(path)
+    return load_hf_folder(location) if location.is_dir() else load_gguf(location, keep_encoded=keep_encoded)

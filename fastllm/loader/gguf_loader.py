@@ -156,24 +156,23 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_id=eos,
             name=meta.get("general.name") or Path(gguf.path).stem,
-            extra={
-                "architecture": arch,
-                "chat_template": meta.get("tokenizer.chat_template"),
-                "eos_token_ids": () if eos is None else (eos,),
-            },
+            extra={"architecture": arch},
         )
     except ValueError as exc:
         raise CheckpointError(gguf.path, f"invalid model hyper-parameters: {exc}") from None
 
 
-def load_gguf(path: str | os.PathLike, *, keep_encoded: Collection[GGMLQuantizationType] = ()) -> Checkpoint:
-    """Load a llama-architecture GGUF file: config from its metadata, weights in HF names and layout.
+def load_gguf(
+    path: str | os.PathLike | GGUFFile, *, keep_encoded: Collection[GGMLQuantizationType] = ()
+) -> Checkpoint:
+    """Load a llama-architecture GGUF file (or one already opened): config from its metadata,
+    weights in HF names and layout.
 
     Matrices whose type is in `keep_encoded` stay in their GGUF encoding (`QuantizedTensor`, a view
     of the memory-mapped file, or one copy for the Q/K rows that llama.cpp permutes); every other
     tensor is dequantized to float32 (float types keep their dtype).
     """
-    gguf = GGUFFile(path)
+    gguf = path if isinstance(path, GGUFFile) else GGUFFile(path)
     arch = gguf.metadata.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise CheckpointError(

@@ -20,7 +20,7 @@ INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -55,7 +55,7 @@ def _config(hf: dict[str, Any], path: Path) -> ModelConfig:
             raise CheckpointError(path, f"{flag}=true is not supported (Llama projections without biases only)")
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(path, f"hidden_act {hf['hidden_act']!r} is not supported (only 'silu')")
-    eos = hf.get("eos_token_id")
+    eos = hf.get("eos_token_id")  # an id or a list of them (all of which fastllm.loader.prompt_format reads)
     eos_ids = list(eos) if isinstance(eos, list) else [] if eos is None else [eos]
     try:
         theta, scaling = _rope(hf)
@@ -76,7 +76,7 @@ def _config(hf: dict[str, Any], path: Path) -> ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=eos_ids[0] if eos_ids else None,
             name=hf.get("_name_or_path") or path.parent.name,
-            extra={"architecture": "llama", "eos_token_ids": tuple(eos_ids)},
+            extra={"architecture": "llama"},
         )
     except KeyError as exc:
         raise CheckpointError(path, f"missing required key {exc.args[0]!r}") from None
@@ -87,7 +87,7 @@ def _config(hf: dict[str, Any], path: Path) -> ModelConfig:
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / INDEX_FILE
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(index, "has no 'weight_map' object")
         files = [folder / name for name in sorted(set(weight_map.values()))]
@@ -120,7 +120,7 @@ def load_hf_folder(path: str | os.PathLike) -> Checkpoint:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(folder, "not a model folder: it has no config.json")
-    config = _config(_read_json(config_file), config_file)
+    config = _config(read_json(config_file), config_file)
     weights: dict[str, torch.Tensor] = {}
     for file in _weight_files(folder):
         _read_safetensors(file, weights)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastllm._lazy import lazy_exports
 
-# Names resolve lazily: the tokenizer reaches ModelConfig through fastllm.loader without torch,
-# and load_model (built on fastllm.loader, itself built on ModelConfig) would otherwise be a cycle.
+# Names resolve lazily: the tokenizer reaches ModelConfig through fastllm.loader, and must not
+# import torch (which every other module here does) on the way.
 _EXPORTS = {
     "AttentionMetadata": "fastllm.model.backend",
     "Backend": "fastllm.model.backend",

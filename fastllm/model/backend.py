@@ -1,42 +1,112 @@
-"""The seam between the model and its ops: one `Backend` class over three op modules.
+"""The seam between the model and its ops: `Backend`, one typed record of the ops, filled from one of
+three op modules.
 
-`get_backend("torch")` wraps `fastllm.kernels.reference` (plain PyTorch, any device);
-`get_backend("triton")` wraps `fastllm.kernels` (Triton, CUDA or TRITON_INTERPRET=1);
-`get_backend("cpu")` wraps `fastllm.kernels.cpu` (the PyTorch ops, some of them in C++).
-The modules expose the same function names and signatures, so the model never knows which it runs.
+`get_backend("torch")` takes them from `fastllm.kernels.reference` (plain PyTorch, any device);
+`get_backend("triton")` from `fastllm.kernels` (Triton, CUDA or TRITON_INTERPRET=1);
+`get_backend("cpu")` from `fastllm.kernels.cpu` (the PyTorch ops, some of them in C++).
+The modules define functions of the same names and signatures, the ones `Backend`'s fields
+declare here, so the model never knows which it runs.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import ModuleType
+from typing import Protocol
 
 import torch
 
 BACKEND_NAMES = ("torch", "triton", "cpu")
 BACKEND_MODULES = {"torch": "fastllm.kernels.reference", "triton": "fastllm.kernels", "cpu": "fastllm.kernels.cpu"}
-# The ops every backend module must provide (same names and signatures as fastllm.kernels.reference).
-OP_NAMES = (
-    "rms_norm",
-    "fused_add_rms_norm",
-    "rotary_embedding",
-    "silu_and_mul",
-    "store_kv_cache",
-    "varlen_attention",
-    "paged_decode_attention",
-    "softmax",
-    "sample",
-)
+
+
+# -- the ops' signatures (those of fastllm.kernels.reference, which documents their semantics) --------
+
+
+class RmsNorm(Protocol):
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor: ...
+
+
+class FusedAddRmsNorm(Protocol):
+    def __call__(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class RotaryEmbedding(Protocol):
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class SiluAndMul(Protocol):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class StoreKVCache(Protocol):
+    def __call__(
+        self, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+    ) -> None: ...
+
+
+class VarlenAttention(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_seqlens_q: torch.Tensor,
+        cu_seqlens_k: torch.Tensor,
+        *,
+        causal: bool = True,
+        softmax_scale: float | None = None,
+        block_table: torch.Tensor | None = None,
+        max_seqlen_q: int | None = None,
+        max_seqlen_k: int | None = None,
+    ) -> torch.Tensor: ...
+
+
+class PagedDecodeAttention(Protocol):
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        cache_seqlens: torch.Tensor,
+        block_table: torch.Tensor,
+        *,
+        softmax_scale: float | None = None,
+    ) -> torch.Tensor: ...
+
+
+class Softmax(Protocol):
+    def __call__(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor: ...
+
+
+class Sample(Protocol):
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        top_p: torch.Tensor,
+        min_p: torch.Tensor,
+        seeds: torch.Tensor,
+    ) -> torch.Tensor: ...
 
 
 @dataclass
 class AttentionMetadata:
     """Where the tokens of one model step sit: built by the engine's runner for each step.
 
-    Prefill steps pack prompt chunks of several sequences back to back (varlen); decode steps
-    carry exactly one new token per sequence.
+    A decode step (`is_prefill` False) carries one new token per sequence: `context_lens` and
+    `block_tables` describe them. A prefill step packs prompt chunks of several sequences back to
+    back (varlen, `cu_seqlens_*`). A mixed step is a prefill step whose first `num_decode_tokens`
+    rows are decode tokens of other sequences: those rows are described by `context_lens` and the
+    first `num_decode_tokens` rows of `block_tables`, the rest by `cu_seqlens_*` (counted from the
+    first prefill row) and the remaining rows of `block_tables`.
     """
 
     is_prefill: bool
@@ -45,26 +115,39 @@ class AttentionMetadata:
     cu_seqlens_k: torch.Tensor | None = None  # prefill: int32 [B + 1], total (cached + new) lengths
     max_seqlen_q: int = 0
     max_seqlen_k: int = 0
-    context_lens: torch.Tensor | None = None  # decode: int32 [B], new token included
-    # int32 [B, max_blocks]: decode always; prefill only when some sequence attends to cached
-    # tokens (prefix-cache hit or a later chunk of a chunked prefill).
+    context_lens: torch.Tensor | None = None  # decode rows: int32 [B], new token included
+    # int32 [B, max_blocks]: decode rows always; prefill only when some sequence attends to cached
+    # tokens (prefix-cache hit, a later chunk of a chunked prefill, or any prefill of a mixed step).
     block_tables: torch.Tensor | None = None
+    num_decode_tokens: int = 0  # mixed steps: the leading rows that are decode tokens
 
 
+@dataclass(frozen=True)
 class Backend:
-    """A named set of ops (the functions of one op module) plus `attention` built on them."""
+    """A named set of ops, plus `attention` built on them. Build one with `get_backend`."""
 
-    def __init__(self, name: str, ops: ModuleType) -> None:
-        missing = [op for op in OP_NAMES if not callable(getattr(ops, op, None))]
+    name: str
+    rms_norm: RmsNorm
+    fused_add_rms_norm: FusedAddRmsNorm
+    rotary_embedding: RotaryEmbedding
+    silu_and_mul: SiluAndMul
+    store_kv_cache: StoreKVCache
+    varlen_attention: VarlenAttention
+    paged_decode_attention: PagedDecodeAttention
+    softmax: Softmax
+    sample: Sample
+
+    @classmethod
+    def from_module(cls, name: str, module: ModuleType) -> Backend:
+        """The backend whose ops are `module`'s functions of the same names."""
+        ops = {op: getattr(module, op, None) for op in OP_NAMES}
+        missing = [op for op, function in ops.items() if not callable(function)]
         if missing:
-            raise ValueError(f"backend {name!r}: module {ops.__name__} lacks the ops {', '.join(missing)}")
-        self.name = name
-        self.ops = ops
-        for op in OP_NAMES:
-            setattr(self, op, getattr(ops, op))
+            raise ValueError(f"backend {name!r}: module {module.__name__} lacks the ops {', '.join(missing)}")
+        return cls(name, **ops)
 
     def __repr__(self) -> str:
-        return f"Backend({self.name!r}, ops={self.ops.__name__})"
+        return f"Backend({self.name!r})"
 
     def attention(
         self,
@@ -78,16 +161,32 @@ class Backend:
     ) -> torch.Tensor:
         """Store the new k/v in the paged cache, then attend; q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
 
-        Prefill with no block table attends over the new (contiguous) k/v; prefill with one
-        attends over the paged cache, which by then holds the cached prefix and the new tokens;
-        decode attends over the paged cache.
+        Decode rows attend over the paged cache; prefill rows over the new (contiguous) k/v when
+        there is no block table, else over the paged cache, which by then holds their cached
+        prefix and the new tokens.
         """
         self.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         if not meta.is_prefill:
-            return self.paged_decode_attention(
-                q, k_cache, v_cache, meta.context_lens, meta.block_tables, softmax_scale=scale
-            )
-        paged = meta.block_tables is not None
+            return self._decode(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale)
+        num_decode = meta.num_decode_tokens
+        if num_decode == 0:
+            return self._prefill(q, k, v, k_cache, v_cache, meta, meta.block_tables, scale)
+        tables = meta.block_tables
+        decoded = self._decode(q[:num_decode], k_cache, v_cache, meta.context_lens, tables[:num_decode], scale)
+        prefilled = self._prefill(q[num_decode:], k, v, k_cache, v_cache, meta, tables[num_decode:], scale)
+        return torch.cat([decoded, prefilled])
+
+    def _decode(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, context_lens: torch.Tensor,
+        block_tables: torch.Tensor, scale: float,
+    ) -> torch.Tensor:
+        return self.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, softmax_scale=scale)
+
+    def _prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+        meta: AttentionMetadata, block_tables: torch.Tensor | None, scale: float,
+    ) -> torch.Tensor:
+        paged = block_tables is not None
         return self.varlen_attention(
             q,
             k_cache if paged else k,
@@ -96,10 +195,14 @@ class Backend:
             meta.cu_seqlens_k,
             causal=True,
             softmax_scale=scale,
-            block_table=meta.block_tables,
+            block_table=block_tables,
             max_seqlen_q=meta.max_seqlen_q,
             max_seqlen_k=meta.max_seqlen_k,
         )
+
+
+# The ops every backend module must provide: Backend's fields after its name.
+OP_NAMES = tuple(field.name for field in fields(Backend))[1:]
 
 
 def _check_triton_runnable() -> None:
@@ -133,7 +236,7 @@ def _load_backend(name: str) -> Backend:
         ops = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"backend {name!r} is unavailable: importing {module_name} failed ({exc})") from exc
-    return Backend(name, ops)
+    return Backend.from_module(name, ops)
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
