@@ -11,8 +11,9 @@ ignore_eos, so every request makes exactly its output length. The default model 
   loop), all streamed. Client-side clocks: time to first token (request sent -> first chunk with text),
   inter-token latency (gaps between a request's chunks: one chunk per engine step that gave it
   text), requests/s and output tokens/s over the level's wall time (usage counts, exact).
-- Offline: `LLM(max_num_seqs=C).generate(all the level's requests)` in this process, before the
-  server starts (they never compete for the cores): output tokens/s over the call.
+- Offline: `LLM.generate(all the level's requests)` in this process with max_num_seqs = C (an
+  engine per level over one loaded model), output tokens/s over the call. The two sides take
+  turns, level by level, while the other is idle; each runs two requests first to warm up.
 
 Server overhead at a level = 1 - server output tok/s / offline output tok/s.
 
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import os
 import platform
 import random
 import statistics
@@ -80,8 +82,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
 # -- offline -----------------------------------------------------------------------------------
 
 
-def run_offline(requests: list[tuple[list[int], int]], concurrency: int) -> dict[str, Any]:
-    llm = LLM(max_num_seqs=concurrency, enable_prefix_caching=False)
+def run_offline(model_llm: LLM, requests: list[tuple[list[int], int]], concurrency: int) -> dict[str, Any]:
+    """LLM.generate over all the requests with max_num_seqs = concurrency, on `model_llm`'s weights."""
+    llm = LLM.from_model(model_llm.engine.model, model_llm.tokenizer, max_num_seqs=concurrency,
+                         enable_prefix_caching=False)
     prompts = [prompt for prompt, _ in requests]
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for _, n in requests]
     start = time.perf_counter()
@@ -136,16 +140,6 @@ async def _run_level(url: str, requests: list[tuple[list[int], int]], concurrenc
     }
 
 
-def run_server_levels(workloads: dict[int, list[tuple[list[int], int]]]) -> dict[int, dict[str, Any]]:
-    server = ServerProcess("--max-num-seqs", str(MAX_NUM_SEQS), "--no-prefix-caching", "--device", "cpu",
-                           "--served-model-name", MODEL_NAME)
-    try:
-        asyncio.run(_run_level(server.url, workloads[1][:2], 1))  # warm-up
-        return {c: asyncio.run(_run_level(server.url, requests, c)) for c, requests in workloads.items()}
-    finally:
-        server.stop()
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
@@ -153,17 +147,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args(argv)
 
-    tokenizer_llm = LLM(device="cpu")
-    workloads = {c: workload(tokenizer_llm, requests_per_level(c), SEED + c) for c in args.levels}
-    del tokenizer_llm
-    offline = {c: run_offline(requests, c) for c, requests in workloads.items()}
-    server = run_server_levels(workloads)
+    server = ServerProcess("--max-num-seqs", str(MAX_NUM_SEQS), "--no-prefix-caching", "--device", "cpu",
+                           "--served-model-name", MODEL_NAME)
     levels = []
-    for c in args.levels:
-        levels.append({
-            "concurrency": c, "requests": len(workloads[c]), "server": server[c], "offline": offline[c],
-            "server_overhead": 1 - server[c]["output_tokens_per_s"] / offline[c]["output_tokens_per_s"],
-        })
+    try:
+        model_llm = LLM(device="cpu")
+        workloads = {c: workload(model_llm, requests_per_level(c), SEED + c) for c in args.levels}
+        warm_up = workloads[args.levels[0]][:2]
+        run_offline(model_llm, warm_up, 1)
+        asyncio.run(_run_level(server.url, warm_up, 1))
+        # The sides alternate level by level (the idle server costs nothing meanwhile), so load
+        # drifts on a shared machine hit both; the load average is recorded beside each level.
+        for c in args.levels:
+            load_before = os.getloadavg()[0]
+            offline = run_offline(model_llm, workloads[c], c)
+            served = asyncio.run(_run_level(server.url, workloads[c], c))
+            levels.append({
+                "concurrency": c, "requests": len(workloads[c]), "server": served, "offline": offline,
+                "server_overhead": 1 - served["output_tokens_per_s"] / offline["output_tokens_per_s"],
+                "load_average_1min": [load_before, os.getloadavg()[0]],
+            })
+    finally:
+        server.stop()
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",

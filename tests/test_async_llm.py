@@ -224,3 +224,10 @@ def test_shutdown_ends_streams_and_refuses_new_requests(make_llm):
     assert not llm.is_running and not llm._thread.is_alive()
     assert_idle(llm.stats(), llm)
     llm.shutdown()  # idempotent
+
+
+def test_a_model_that_cannot_load_raises_in_the_constructor():
+    with pytest.raises(FileNotFoundError, match="no-such-model.gguf"):
+        AsyncLLM("/no-such-model.gguf")
+    with pytest.raises(TypeError, match="unknown engine option max_seqs"):
+        AsyncLLM(max_seqs=4)

@@ -20,6 +20,7 @@ which frees its KV blocks.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -70,9 +71,8 @@ class RequestStream:
 
     def __init__(self, llm: AsyncLLM, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.request_id = request_id
-        self.key = next(_stream_keys)  # tells this stream from a later request that reuses its id
         self.finished = False  # the final output came
-        self.aborted = False
+        self._key = next(_stream_keys)  # tells this stream from a later request that reuses its id
         self._llm = llm
         self._loop = loop
         self._queue: asyncio.Queue[RequestOutput | _End] = asyncio.Queue()
@@ -97,8 +97,8 @@ class RequestStream:
     def abort(self) -> None:
         """Stop the request (before the engine's next step); a no-op once it finished."""
         if not self._done:
-            self._done = self.aborted = True
-            llm, request_id, key = self._llm, self.request_id, self.key  # not self: __del__ calls this
+            self._done = True
+            llm, request_id, key = self._llm, self.request_id, self._key  # not self: __del__ calls this
             llm._send(lambda: llm._abort(request_id, key))
 
     async def __aenter__(self) -> RequestStream:
@@ -127,26 +127,31 @@ class AsyncLLM:
     def __init__(
         self, model: str | os.PathLike | None = None, *, max_waiting_requests: int | None = None, **engine_options: Any
     ) -> None:
-        engine = LLMEngine.from_config(engine_config({"model": model, **engine_options}))
-        self._start(engine, max_waiting_requests)
+        config = engine_config({"model": model, **engine_options})  # bad options raise here
+        # Built in the engine thread, which then alone runs the CPU kernels: their OpenMP threads
+        # serve one caller. Kernels run from a second thread after the first had run them (at
+        # load) measured about half as fast on a 2-core CPU (the OpenMP workers stop spinning).
+        self._start(lambda: LLMEngine.from_config(config), max_waiting_requests)
 
     @classmethod
     def from_engine(cls, engine: LLMEngine, *, max_waiting_requests: int | None = None) -> AsyncLLM:
         """An AsyncLLM over an engine already built (e.g. `LLM(...).engine`); it takes the engine
-        over: nothing else may call it while the AsyncLLM runs."""
+        over: nothing else may call it while the AsyncLLM runs. (On a CPU, `AsyncLLM(model, ...)`,
+        which builds the engine in its own thread, runs the kernels faster: see __init__.)"""
         if not isinstance(engine, LLMEngine):
             raise TypeError(f"engine must be an LLMEngine, got {type(engine).__name__}")
         llm = cls.__new__(cls)
-        llm._start(engine, max_waiting_requests)
+        llm._start(lambda: engine, max_waiting_requests)
         return llm
 
-    def _start(self, engine: LLMEngine, max_waiting_requests: int | None) -> None:
+    def _start(self, make_engine: Callable[[], LLMEngine], max_waiting_requests: int | None) -> None:
+        """Start the engine thread, which builds the engine with `make_engine`; returns once it is
+        built (re-raising what building it raised)."""
         if max_waiting_requests is not None and (
             not isinstance(max_waiting_requests, int) or isinstance(max_waiting_requests, bool)
             or max_waiting_requests < 0
         ):
             raise ValueError(f"max_waiting_requests must be an int >= 0 or None, got {max_waiting_requests!r}")
-        self.engine = engine
         self.max_waiting_requests = max_waiting_requests
         self._commands: list[Callable[[], None]] = []
         self._wakeup = threading.Condition()
@@ -154,9 +159,10 @@ class AsyncLLM:
         # The engine thread's: request id -> (stream key, weak reference to the stream). Weak, so
         # that a consumer dropping its stream drops the request (RequestStream.__del__ aborts it).
         self._streams: dict[str, tuple[int, weakref.ref[RequestStream]]] = {}
-        self._stats = engine.stats()
-        self._thread = threading.Thread(target=self._run, name="fastllm-engine", daemon=True)
+        built: concurrent.futures.Future[LLMEngine] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(make_engine, built), name="fastllm-engine", daemon=True)
         self._thread.start()
+        self.engine = built.result()
 
     def __repr__(self) -> str:
         return f"AsyncLLM({self.engine.model.config.name!r}, running={self._thread.is_alive()})"
@@ -247,12 +253,6 @@ class AsyncLLM:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    async def __aenter__(self) -> AsyncLLM:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.shutdown()
-
     # -- the engine thread ------------------------------------------------------------------
 
     def _send(self, command: Callable[[], None]) -> bool:
@@ -265,8 +265,15 @@ class AsyncLLM:
             self._wakeup.notify()
         return True
 
-    def _run(self) -> None:
-        engine = self.engine
+    def _run(self, make_engine: Callable[[], LLMEngine], built: concurrent.futures.Future[LLMEngine]) -> None:
+        try:
+            engine = make_engine()
+        except BaseException as error:  # noqa: BLE001 - raised again in the constructor
+            self._closed = True
+            built.set_exception(error)
+            return
+        self.engine, self._stats = engine, engine.stats()
+        built.set_result(engine)
         while True:
             with self._wakeup:
                 while not (self._commands or self._closed or engine.has_unfinished_requests()):
@@ -312,7 +319,7 @@ class AsyncLLM:
         except Exception as error:  # noqa: BLE001 - the caller's to handle
             _call_soon(stream._loop, _resolve, accepted, error)
             return
-        self._streams[stream.request_id] = (stream.key, weakref.ref(stream))
+        self._streams[stream.request_id] = (stream._key, weakref.ref(stream))
         _call_soon(stream._loop, _resolve, accepted, None)
 
     def _abort(self, request_id: str, key: int | None = None) -> None:

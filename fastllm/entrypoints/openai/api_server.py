@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
@@ -88,7 +87,6 @@ def build_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
                            code="invalid_api_key")
 
     app = FastAPI(title="fastllm", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.llm = llm
     protected = [Depends(authorize)]
 
     @app.exception_handler(APIError)
@@ -99,10 +97,6 @@ def build_app(llm: AsyncLLM, settings: ServerSettings) -> FastAPI:
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if error.status_code == 404 else "invalid_request_error"
         return APIError(error.status_code, str(error.detail), type=kind).response()
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        return bad_request(str(error.errors()[0].get("msg", error))).response()
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, error: Exception) -> JSONResponse:
