@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,4 +25,18 @@ def load_model(
     """The model of `checkpoint` (from `fastllm.loader.load` or `load_checkpoint`), in eval mode."""
     model = LlamaForCausalLM(checkpoint.config, backend, dtype=dtype, device=device)
     model.load_weights(checkpoint.weights)
+    _return_freed_heap()
     return model.eval()
+
+
+def _return_freed_heap() -> None:
+    """Give the C heap's free memory back to the system, where the C library can (glibc).
+
+    Loading frees tens of MB it used for a while (weights decoded or un-permuted, the inputs and
+    outputs of the matmul timings): glibc keeps such memory mapped once its allocation threshold
+    has grown, and a CPU process's resident memory would then carry it for its whole life.
+    """
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is not None:
+        trim(0)
