@@ -74,7 +74,7 @@ def start_group(target, *extra) -> tuple[WorkerProcesses, TensorParallelGroup]:
     init_method = f"tcp://127.0.0.1:{free_port()}"
     workers = WorkerProcesses(WORLD, target, (WORLD, init_method, *extra))
     try:
-        workers.wait_until_joining(timeout_s=60)
+        workers.wait_for("joining", timeout_s=60)
         group = TensorParallelGroup.initialize(0, WORLD, init_method, torch.device("cpu"), timeout_s=20)
     except BaseException:
         workers.stop()
@@ -127,8 +127,8 @@ def test_a_rank_that_cannot_start_is_named_with_its_error():
     init_method = f"tcp://127.0.0.1:{free_port()}"
     workers = WorkerProcesses(WORLD, fail_at_start, (WORLD, init_method))
     try:
-        with pytest.raises(RuntimeError, match=r"rank 2 failed to start.*ValueError: rank 2 cannot load its shard"):
-            workers.wait_until_joining(timeout_s=60)
+        with pytest.raises(RuntimeError, match=r"rank 2 failed before 'joining'.*ValueError: rank 2 cannot load its shard"):
+            workers.wait_for("joining", timeout_s=60)
     finally:
         workers.stop()
     assert not any(process.is_alive() for process in workers.processes.values())

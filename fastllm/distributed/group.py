@@ -12,8 +12,13 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from fastllm.distributed.sharding import ModelShard
 
 # The header of a broadcast step: its payload's length, or STOP for "leave the worker loop".
 STOP = -1
@@ -65,6 +70,12 @@ class TensorParallelGroup:
         dist.broadcast(box, src=0, group=self.cpu_group)
         return int(box.item())
 
+    def min_int(self, value: int) -> int:
+        """The smallest of every rank's `value`, on every rank."""
+        box = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN, group=self.cpu_group)
+        return int(box.item())
+
     def send_step(self, packed: torch.Tensor | None) -> None:
         """Rank 0: broadcast one packed step (None: tell the workers to stop)."""
         length = self.broadcast_int(STOP if packed is None else packed.numel())
@@ -84,3 +95,11 @@ class TensorParallelGroup:
     def destroy(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    """What a model needs to run as one rank: its group, and which part of the model it holds."""
+
+    group: TensorParallelGroup
+    shard: ModelShard

@@ -2,9 +2,10 @@
 
 Rank 0 is the process that built the engine; ranks 1..N-1 are spawned processes (a fresh
 interpreter each: `spawn`, never `fork`, which would copy rank 0's threads and device state).
-Each worker reports over a pipe that it is about to join the group, or the error that stopped it,
-so rank 0 fails fast on a worker that cannot start instead of waiting for the group's timeout; a
-worker dies with rank 0 (Linux: PR_SET_PDEATHSIG; elsewhere it notices its collectives failing).
+Each worker reports its start-up stages over a pipe (about to join the group, model loaded, ...),
+or the error that stopped it, so rank 0 fails fast on a worker that cannot start instead of
+waiting for the group's timeout; a worker dies with rank 0 (Linux: PR_SET_PDEATHSIG; elsewhere it
+notices its collectives failing).
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
-
-_JOINING = "joining"
-
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
@@ -52,7 +50,7 @@ def _worker_entry(rank: int, status: multiprocessing.connection.Connection, targ
                   args: tuple[Any, ...]) -> None:
     _die_with_parent()
     try:
-        target(rank, lambda: status.send((_JOINING, None)), *args)
+        target(rank, lambda stage: status.send((stage, None)), *args)
     except BaseException:  # noqa: BLE001 - whatever stopped the worker goes to rank 0, then the exit code says so
         try:
             status.send(("error", traceback.format_exc()))
@@ -61,8 +59,9 @@ def _worker_entry(rank: int, status: multiprocessing.connection.Connection, targ
 
 
 class WorkerProcesses:
-    """Ranks 1..world_size-1, each running `target(rank, joining, *args)`: `joining()` tells rank 0
-    the worker is about to join the group (call it right before the collective that does)."""
+    """Ranks 1..world_size-1, each running `target(rank, report, *args)`: `report(stage)` tells rank
+    0 that the worker reached `stage` (e.g. "joining", right before the collective that joins the
+    group), which `wait_for(stage)` waits for."""
 
     def __init__(self, world_size: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
         context = multiprocessing.get_context("spawn")
@@ -78,20 +77,20 @@ class WorkerProcesses:
             self.processes[rank] = process
             self._status[rank] = receiver
 
-    def wait_until_joining(self, timeout_s: float) -> None:
-        """Return once every worker is about to join the group; raise RuntimeError naming the rank
-        for a worker that failed or exited first, or that took longer than `timeout_s`."""
+    def wait_for(self, stage: str, timeout_s: float) -> None:
+        """Return once every worker has reported `stage`; raise RuntimeError naming the rank for a
+        worker that failed or exited first, or for those still short of it after `timeout_s`."""
         waiting = set(self.processes)
         deadline = time.monotonic() + timeout_s
         while waiting:
             for rank in sorted(waiting):
                 message = self._message(rank)
-                if message is not None and message[0] == _JOINING:
+                if message is not None and message[0] == stage:
                     waiting.discard(rank)
-                elif message is not None or not self.processes[rank].is_alive():
-                    raise self.failure(f"tensor-parallel rank {rank} failed to start")
+                elif (message is not None and message[0] == "error") or not self.processes[rank].is_alive():
+                    raise self.failure(f"tensor-parallel rank {rank} failed before {stage!r}")
             if waiting and time.monotonic() > deadline:
-                raise RuntimeError(f"tensor-parallel ranks {sorted(waiting)} did not start within {timeout_s:g} s")
+                raise RuntimeError(f"tensor-parallel ranks {sorted(waiting)} did not reach {stage!r} within {timeout_s:g} s")
             time.sleep(0.01)
 
     def _message(self, rank: int) -> tuple[str, str | None] | None:

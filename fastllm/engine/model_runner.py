@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import mmap
+from collections.abc import Callable
 
 import torch
 
@@ -63,21 +64,26 @@ class ModelRunner:
     cuda_graph_max_batch: capture decode CUDA graphs for batches of up to this many sequences
     (the model must be on CUDA with a graph-safe backend: see `supports_cuda_graphs`);
     max_model_len bounds the graphs' block tables. None = every step runs eagerly.
+    step_sink: on rank 0 of a tensor-parallel group, sends each step to the other ranks (whose
+    runners, without a sampler, only call `forward`) before running it here.
     """
 
     def __init__(
         self,
         model: LlamaForCausalLM,
-        sampler: Sampler,
+        sampler: Sampler | None,
         *,
         num_blocks: int,
         block_size: int,
         cuda_graph_max_batch: int | None = None,
         max_model_len: int | None = None,
+        step_sink: Callable[[StepInputs], None] | None = None,
     ) -> None:
         config = model.config
         self.model = model
         self.sampler = sampler
+        self.step_sink = step_sink
+        self.num_blocks = num_blocks
         self.block_size = block_size
         self.device = model.device
         shape = (config.num_hidden_layers, 2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
@@ -162,7 +168,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> SamplerOutput:
         """Run one step; returns the sampled tokens of `batch.sampled_seqs`, in that order."""
-        logits = self.forward(StepInputs.from_batch(batch))
+        step = StepInputs.from_batch(batch)
+        if self.step_sink is not None:
+            self.step_sink(step)
+        logits = self.forward(step)
         if logits is None:
             return SamplerOutput([], [])
         return self.sampler(logits, batch.sampled_seqs)
