@@ -132,3 +132,22 @@ def test_a_rank_that_cannot_start_is_named_with_its_error():
     finally:
         workers.stop()
     assert not any(process.is_alive() for process in workers.processes.values())
+
+
+def test_the_launched_worker_reads_engine_options_and_refuses_to_run_outside_a_launch(monkeypatch):
+    from fastllm.distributed import worker
+
+    config = worker.engine_config(["m.gguf", "--tensor-parallel-size", "4", "--max-model-len", "512",
+                                   "--enable-prefix-caching", "false", "--dtype", "bfloat16"])
+    assert (config.model, config.tensor_parallel_size, config.max_model_len) == ("m.gguf", 4, 512)
+    assert config.enable_prefix_caching is False and config.dtype == "bfloat16"
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit, match="runs under a launcher that sets RANK, WORLD_SIZE"):
+        worker.main(["m.gguf", "--tensor-parallel-size", "2"])
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(SystemExit, match="this is rank 0 of 2"):
+        worker.main(["m.gguf", "--tensor-parallel-size", "2"])

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +16,7 @@ from gguf import GGMLQuantizationType as Q
 
 from benchmarks import make_gguf
 from fastllm import LLM, SamplingParams
+from fastllm.distributed.workers import free_port
 from llama_testing import save_tiny_llama
 from model_files_testing import write_tokenizer_json
 
@@ -101,6 +104,31 @@ def test_hf_folder_on_two_ranks_with_a_vocabulary_that_does_not_split_evenly(tmp
         assert_same_generation(reference, two.generate(prompts, GREEDY, use_tqdm=False))
     finally:
         two.close()
+
+
+def test_ranks_started_by_a_torchrun_style_launcher(tiny_files, monkeypatch):
+    path = tiny_files[Q.Q8_0]
+    prompts = random_prompts(4, 320, seed=4)
+    reference = LLM(path, num_kv_blocks=32).generate(prompts, GREEDY, use_tqdm=False)
+    launch = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fastllm.distributed.worker", str(path), "--tensor-parallel-size", "2",
+         "--num-kv-blocks", "32"],
+        env={**os.environ, **launch, "RANK": "1", "LOCAL_RANK": "1"},
+    )
+    try:
+        for name, value in {**launch, "RANK": "0", "LOCAL_RANK": "0"}.items():
+            monkeypatch.setenv(name, value)
+        llm = LLM(path, tensor_parallel_size=2, num_kv_blocks=32)
+        assert llm.engine.ranks.workers is None  # nothing spawned: the launcher started rank 1
+        try:
+            assert_same_generation(reference, llm.generate(prompts, GREEDY, use_tqdm=False))
+        finally:
+            llm.close()
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_a_killed_rank_fails_the_step_within_seconds_and_leaves_no_process(tiny_files):

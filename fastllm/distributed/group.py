@@ -10,6 +10,7 @@ the others raise instead of waiting forever.
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -40,12 +41,13 @@ class TensorParallelGroup:
     ) -> TensorParallelGroup:
         """Join the group (every rank calls this with the same init_method, e.g. tcp://127.0.0.1:port).
 
-        On CUDA, rank r uses device cuda:r of this host's devices (torchrun's LOCAL_RANK order).
+        On CUDA, a rank uses the device of its LOCAL_RANK (set by torchrun; else its rank) on this host.
         """
         timeout = datetime.timedelta(seconds=timeout_s)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            device = torch.device("cuda", rank % torch.cuda.device_count())
+            local_rank = int(os.environ.get("LOCAL_RANK", rank))
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
             torch.cuda.set_device(device)
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
         device_group = dist.group.WORLD
@@ -69,6 +71,10 @@ class TensorParallelGroup:
         box = torch.tensor([value if self.rank == 0 else 0], dtype=torch.int64)
         dist.broadcast(box, src=0, group=self.cpu_group)
         return int(box.item())
+
+    def barrier(self, timeout_s: float) -> None:
+        """Wait for every rank, at most `timeout_s` (then raise, naming the ranks that did not come)."""
+        dist.monitored_barrier(group=self.cpu_group, timeout=datetime.timedelta(seconds=timeout_s))
 
     def min_int(self, value: int) -> int:
         """The smallest of every rank's `value`, on every rank."""

@@ -152,8 +152,7 @@ class LLMEngine:
 
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        backend_name = resolve_backend(config.backend, device)
-        backend = get_backend(backend_name)
+        backend = get_backend(resolve_backend(config.backend, device))
         # GGUF matrices the model reads encoded stay in the file's memory mapping.
         keep_encoded = encoded_types(backend.name, device, dtype)
         if config.tensor_parallel_size == 1:
@@ -161,13 +160,12 @@ class LLMEngine:
             model = load_model(files.checkpoint, dtype=dtype, device=device, backend=backend)
             return cls(model, files.tokenizer, config, files.prompt_format)
 
-        from fastllm.distributed.launch import ParallelRanks, Placement, shard_for
+        from fastllm.distributed.launch import ParallelRanks, Placement, launched_externally
 
         size = config.tensor_parallel_size
-        files = load(config.model, keep_encoded=keep_encoded, shard=shard_for(0, size, device))
-        threads = max(1, torch.get_num_threads() // size) if device.type == "cpu" else torch.get_num_threads()
-        placement = Placement(device, dtype, backend_name, threads)
-        torch.set_num_threads(threads)  # the ranks share this machine's cores
+        placement = Placement.resolve(config, ranks_on_this_host=1 if launched_externally(size) else size)
+        files = load(config.model, keep_encoded=keep_encoded, shard=placement.shard_for(0, size))
+        torch.set_num_threads(placement.threads)
         ranks = ParallelRanks.start(config, placement)
         try:
             model = load_model(files.checkpoint, dtype=dtype, device=ranks.group.device, backend=backend,
