@@ -26,6 +26,7 @@ class AddedTokenMatcher {
         const AddedToken* token;
     };
 
+    AddedTokenMatcher() = default;  // matches nothing
     explicit AddedTokenMatcher(std::vector<AddedToken> tokens);
 
     bool empty() const { return tokens_.empty(); }
