@@ -201,6 +201,43 @@ void test_added_tokens() {
     CHECK(text == "<sep>");
 }
 
+// The matcher's trie walk and prefix filter against a scan of every token at every position, on
+// tokens that share prefixes, are shorter and longer than four bytes, repeat, and start alike.
+void test_added_token_matcher() {
+    std::mt19937 rng(21);
+    const std::string alphabet = "<>ab\xE2\x96\x81";
+    for (int round = 0; round < 20; ++round) {
+        std::vector<AddedToken> tokens;
+        for (uint32_t id = 0; id < 1 + rng() % 30; ++id) {
+            std::string content;
+            for (size_t n = 1 + rng() % 7; n > 0; --n) content += alphabet[rng() % alphabet.size()];
+            tokens.push_back(AddedToken{id, content, false, false});
+        }
+        const AddedTokenMatcher matcher(tokens);
+        std::string text;
+        for (size_t n = rng() % 60; n > 0; --n) text += alphabet[rng() % alphabet.size()];
+        AddedTokenMatcher::Match match{};
+        for (size_t from = 0; from <= text.size(); from = match.end) {
+            size_t begin = std::string::npos, length = 0;
+            uint32_t id = 0;
+            for (size_t i = from; i < text.size() && begin == std::string::npos; ++i) {
+                for (const AddedToken& token : tokens) {  // leftmost, then longest, then listed first
+                    if (text.compare(i, token.content.size(), token.content) == 0 &&
+                        (begin == std::string::npos || token.content.size() > length)) {
+                        begin = i;
+                        length = token.content.size();
+                        id = token.id;
+                    }
+                }
+            }
+            const bool found = matcher.find(text, from, match);
+            CHECK(found == (begin != std::string::npos));
+            if (!found) break;
+            CHECK(match.begin == begin && match.end == begin + length && match.token->id == id);
+        }
+    }
+}
+
 void test_invalid_input() {
     std::mt19937 rng(99);
     const TokenizerSpec spec = random_spec(rng, PreTokenizer::kLlama3, false);
@@ -273,6 +310,7 @@ int main() {
     test_splitters();
     test_bpe_against_reference();
     test_added_tokens();
+    test_added_token_matcher();
     test_invalid_input();
     test_unknown_bytes();
     test_batch();
