@@ -168,6 +168,7 @@ def main() -> None:
     print(f"corpus: {len(docs)} documents, {megabytes:.2f} MB; {os.cpu_count()} CPUs ({_cpu_name()})")
     report: dict = {
         "date": datetime.date.today().isoformat(), "cpu": _cpu_name(), "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "corpus_megabytes": round(megabytes, 3), "documents": len(docs), "rounds": args.rounds,
         "versions": {name: importlib.metadata.version(name) for name in ("tokenizers", "tiktoken", "sentencepiece")},
         "megabytes_per_s": {}, "fastllm_single_thread_speedup": {},
@@ -186,6 +187,7 @@ def main() -> None:
             library: round(best[("fastllm", "single")] / best[(library, "single")], 2)
             for library in libraries if library != "fastllm"
         }
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs on a shared machine
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")

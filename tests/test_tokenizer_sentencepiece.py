@@ -7,7 +7,9 @@ Which reference each case follows, and why:
 - Gemma, runs of more than 31 spaces: Gemma's model has user-defined pieces for runs of 2..31
   spaces, which SentencePiece matches whole, leftmost-longest (35 spaces: 31 then 4; llama.cpp
   does the same). transformers' GGUF conversion turns them into ordinary pieces, so HF merges a
-  35-space run into 16 + 19 instead. fastllm follows SentencePiece (its model is the original).
+  35-space run into 16 + 19 instead. fastllm follows SentencePiece (its model is the original)
+  for the GGUF file; for the tokenizer.json HF writes, whose merge list is the ranking and whose
+  space runs are ordinary pieces, it follows that file, as HF does.
 - Llama style (a dummy prefix), text that begins with a space: SentencePiece writes the prefix
   before it (" hi" -> "▁▁hi"); HF's Metaspace(prepend_scheme="first") does not ("▁hi"), and its
   decode then drops the text's own space. fastllm follows SentencePiece, so decode(encode(s)) == s.
@@ -102,6 +104,19 @@ def test_gemma_corpus_matches_sentencepiece(gemma: Tokenizer, gemma_sentencepiec
     # SentencePiece itself never reads control tokens in text: compare with them as ordinary text.
     for text in CORPUS:
         assert gemma.encode(text, allow_special=False) == gemma_sentencepiece.encode(text), text[:80]
+
+
+def test_gemma_tokenizer_json_matches_hf(gemma_hf: HFTokenizer) -> None:
+    """The tokenizer.json HF writes for Gemma (Replace(" ", "▁"), Split(" "), merges by position):
+    read as such, fastllm follows its merges and equals HF everywhere, long space runs included."""
+    ours = Tokenizer.from_json(json.loads(gemma_hf.to_str()), {}, source="gemma tokenizer.json")
+    for text in CORPUS:
+        for allow_special in (True, False):
+            assert ours.encode(text, allow_special=allow_special) == hf_encode(
+                gemma_hf, text, allow_special=allow_special
+            ), text[:80]
+        if round_trips(text):
+            assert ours.decode(ours.encode(text)) == text
 
 
 def test_gemma_long_space_runs_follow_sentencepiece(gemma: Tokenizer, gemma_hf: HFTokenizer) -> None:
@@ -217,13 +232,18 @@ def test_llama_text_beginning_with_a_space_follows_sentencepiece(llama_files) ->
     assert reference.decode(reference.encode(text).ids) == "hello"  # HF's Metaspace loses the space
 
 
+@pytest.fixture(scope="module")
+def llama_gguf_and_reference(llama_files):
+    vocabulary, folder = llama_files
+    return Tokenizer.from_gguf(folder / "tokenizer.gguf"), vocabulary.processor()
+
+
 @SETTINGS
 @given(text=text_strategy)
-def test_llama_random_text(llama_files, text: str) -> None:
-    vocabulary, folder = llama_files
-    ours = Tokenizer.from_gguf(folder / "tokenizer.gguf")
+def test_llama_random_text(llama_gguf_and_reference, text: str) -> None:
+    ours, reference = llama_gguf_and_reference
     ids = ours.encode(text, allow_special=False)
-    assert ids == vocabulary.processor().encode(text)
+    assert ids == reference.encode(text)
     if round_trips(text):
         assert ours.decode(ids) == text
 
