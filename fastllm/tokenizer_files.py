@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from fastllm.tokenizer import Tokenizer
+from fastllm.tokenizer import Tokenizer, TokenType
 
 # GGUF `tokenizer.ggml.pre` names (as llama.cpp writes them) -> the pre-tokenizer they denote.
 GGUF_PRE_TOKENIZERS = {
@@ -104,8 +103,6 @@ def _from_gguf_metadata(cls: type[Tokenizer], metadata: dict[str, Any], pre_toke
 
 
 def _byte_level_gguf(cls, field, tokens, types, pre_tokenizer, common) -> Tokenizer:
-    from fastllm.tokenizer import TokenType
-
     if pre_tokenizer is None:
         name = field("tokenizer.ggml.pre", str, "gpt2")
         if name not in GGUF_PRE_TOKENIZERS:
@@ -138,8 +135,6 @@ def _sentencepiece_gguf(cls, field, tokens, types, common) -> Tokenizer:
     USER_DEFINED ones are always matched whole, in the text with spaces written as "▁", as
     SentencePiece matches them (the converter stores their "▁" as spaces: Gemma's space runs).
     """
-    from fastllm.tokenizer import TokenType
-
     scores = field("tokenizer.ggml.scores", (list, np.ndarray))
     if len(scores) != len(tokens):
         raise ValueError(f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens")
