@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
-from fastllm.loader.checkpoint import Checkpoint, CheckpointError
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.model.config import ModelConfig
 from fastllm.model.quantized import FLOAT_TYPES, QuantizedTensor, dequantize
@@ -48,7 +48,7 @@ _QK_NORM_NAMES = {"attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
 
 
-def unpermute_qk(rows: np.ndarray, num_heads: int) -> np.ndarray:
+def unpermute_qk(rows: torch.Tensor | np.ndarray, num_heads: int) -> torch.Tensor | np.ndarray:
     """Undo llama.cpp's Q/K row permutation, back to HF's rotate-half layout.
 
     llama.cpp's converter interleaves the two halves of each head's rows (it rotates adjacent
@@ -57,6 +57,20 @@ def unpermute_qk(rows: np.ndarray, num_heads: int) -> np.ndarray:
     """
     count = rows.shape[0]
     return rows.reshape(num_heads, count // num_heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _unpermuted(tensor: torch.Tensor | QuantizedTensor, head_dim: int) -> torch.Tensor | QuantizedTensor:
+    """A Q/K weight (its raw rows, quantized or not) with llama.cpp's row permutation undone: a copy."""
+    rows = tensor.data if isinstance(tensor, QuantizedTensor) else tensor
+    unpermuted = unpermute_qk(rows, rows.shape[0] // head_dim).contiguous()
+    return QuantizedTensor(unpermuted, tensor.qtype, tensor.shape) if isinstance(tensor, QuantizedTensor) else unpermuted
+
+
+def _reads(tensor: torch.Tensor | QuantizedTensor, raw: np.ndarray) -> bool:
+    """Whether `tensor` is a view of the mapped bytes `raw`."""
+    data = tensor.data if isinstance(tensor, QuantizedTensor) else tensor
+    start = raw.ctypes.data
+    return start <= data.data_ptr() < start + max(raw.nbytes, 1)
 
 
 _REQUIRED = object()
@@ -243,14 +257,18 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
 
 
 def load_gguf(
-    path: str | os.PathLike | GGUFFile, *, keep_encoded: Collection[GGMLQuantizationType] = ()
+    path: str | os.PathLike | GGUFFile,
+    *,
+    keep_encoded: Collection[GGMLQuantizationType] = (),
+    shard: ShardFor | None = None,
 ) -> Checkpoint:
     """Load a GGUF file (or one already opened) of a supported architecture: config from its
     metadata, weights in HF names and layout (norm weights in HF's convention).
 
     Matrices whose type is in `keep_encoded` stay in their GGUF encoding (`QuantizedTensor`, a view
     of the memory-mapped file, or one copy for the Q/K rows that llama.cpp permutes); every other
-    tensor is dequantized to float32 (float types keep their dtype).
+    tensor is dequantized to float32 (float types keep their dtype). With `shard`, each tensor is
+    cut to `shard(config)`'s part as soon as it is read, so no more than one whole tensor exists.
     """
     gguf = path if isinstance(path, GGUFFile) else GGUFFile(path)
     arch = gguf.metadata.get("general.architecture")
@@ -276,36 +294,37 @@ def load_gguf(
     problems = shape_problems({architecture.hf_name(name): info.shape for name, info in gguf.tensors.items()}, config)
     if problems:
         raise CheckpointError(gguf.path, "; ".join(problems))
-    heads = {
-        "self_attn.q_proj.weight": config.num_attention_heads,
-        "self_attn.k_proj.weight": config.num_key_value_heads,
-    } if architecture.permuted_qk else {}
+    # llama.cpp permutes these rows for the architectures whose rope rotates adjacent pairs.
+    permuted = ("self_attn.q_proj.weight", "self_attn.k_proj.weight") if architecture.permuted_qk else ()
+    cut = shard(config) if shard is not None else None
     weights: dict[str, torch.Tensor | QuantizedTensor] = {}
     decoded_types = set()
     for name, info in gguf.tensors.items():
         target = architecture.hf_name(name)
         raw = gguf.raw(name)
-        num_heads = next((count for suffix, count in heads.items() if target.endswith(suffix)), None)
-        if num_heads is not None:
-            raw = unpermute_qk(raw, num_heads)  # a copy: the mapped pages are dropped below
         encoded = len(info.shape) == 2 and info.qtype in keep_encoded
         try:
             if encoded:
-                weights[target] = QuantizedTensor(torch.from_numpy(raw), info.qtype, info.shape)
+                tensor = QuantizedTensor(torch.from_numpy(raw), info.qtype, info.shape)
             else:
-                weights[target] = dequantize(raw, info.qtype, info.shape)
+                tensor = dequantize(raw, info.qtype, info.shape)
                 if info.qtype not in FLOAT_TYPES:
                     decoded_types.add(info.qtype)
                 if architecture.norm_shift and target.endswith("norm.weight"):
                     # Back to HF's w, as transformers' loader does (the model adds it back for (1 + w)).
-                    weights[target] = weights[target].float() - architecture.norm_shift
+                    tensor = tensor.float() - architecture.norm_shift
         except ValueError as exc:
             raise CheckpointError(gguf.path, f"tensor {name!r}: {exc}") from None
-        if num_heads is not None or not (encoded or info.qtype in FLOAT_TYPES):
-            gguf.release(name)  # nothing reads the mapped bytes again: they were copied (un-permuted or decoded)
+        if cut is not None:
+            tensor = cut(target, tensor)  # whole heads: llama.cpp permutes rows within a head only
+        if permuted and target.endswith(permuted):
+            tensor = _unpermuted(tensor, config.head_dim)
+        weights[target] = tensor
+        if not _reads(tensor, raw):
+            gguf.release(name)  # nothing reads the mapped bytes again: they were copied (un-permuted, decoded, cut)
     if keep_encoded and decoded_types:
         logger.info(
             "%s: %s tensors are dequantized to float32 at load (no kernel reads them encoded)",
             gguf.path, ", ".join(sorted(t.name for t in decoded_types)),
         )
-    return Checkpoint(config=config, weights=weights, path=gguf.path, format="gguf")
+    return Checkpoint(config=config, weights=weights, path=gguf.path, format="gguf", shard=cut)

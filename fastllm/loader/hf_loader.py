@@ -11,14 +11,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from fastllm.loader.checkpoint import Checkpoint, CheckpointError
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.model.config import ModelConfig
-from fastllm.model.weights import weight_problems
+from fastllm.model.weights import shape_problems, weight_problems
+
+if TYPE_CHECKING:
+    from fastllm.distributed.sharding import ModelShard
 
 INDEX_FILE = "model.safetensors.index.json"
 # Non-weight buffers some older checkpoints saved; the model recomputes them.
@@ -201,30 +204,52 @@ def _weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_safetensors(file: Path, weights: dict[str, torch.Tensor]) -> None:
+def _tensor_shapes(file: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     try:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
                 if name.endswith(_IGNORED_SUFFIXES):
                     continue
-                if name in weights:
+                if name in shapes:
                     raise CheckpointError(file, f"tensor {name!r} appears in more than one weight file")
-                weights[name] = f.get_tensor(name)
+                shapes[name] = tuple(f.get_slice(name).get_shape())
     except SafetensorError as exc:
         raise CheckpointError(file, f"cannot read safetensors file (truncated or corrupt?): {exc}") from None
 
 
-def load_hf_folder(path: str | os.PathLike) -> Checkpoint:
-    """Load an HF model folder (a family of `FAMILIES`): config.json plus one or more safetensors files."""
+def _read_safetensors(file: Path, weights: dict[str, torch.Tensor], cut: ModelShard | None) -> None:
+    try:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if not name.endswith(_IGNORED_SUFFIXES):
+                    weights[name] = f.get_tensor(name) if cut is None else cut(name, f.get_tensor(name))
+    except SafetensorError as exc:
+        raise CheckpointError(file, f"cannot read safetensors file (truncated or corrupt?): {exc}") from None
+
+
+def load_hf_folder(path: str | os.PathLike, *, shard: ShardFor | None = None) -> Checkpoint:
+    """Load an HF model folder (a family of `FAMILIES`): config.json plus one or more safetensors files.
+
+    Shapes are checked from the files' headers before any tensor is read; with `shard`, each
+    tensor is cut to `shard(config)`'s part as soon as it is read.
+    """
     folder = Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(folder, "not a model folder: it has no config.json")
     config = _config(read_json(config_file), config_file)
-    weights: dict[str, torch.Tensor] = {}
-    for file in _weight_files(folder):
-        _read_safetensors(file, weights)
-    problems = weight_problems(weights, config)
+    files = _weight_files(folder)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        _tensor_shapes(file, shapes)
+    problems = shape_problems(shapes, config)
     if problems:
         raise CheckpointError(folder, "; ".join(problems))
-    return Checkpoint(config=config, weights=weights, path=str(folder), format="hf")
+    cut = shard(config) if shard is not None else None
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        _read_safetensors(file, weights, cut)
+    problems = weight_problems(weights, config if cut is None else cut.config)
+    if problems:
+        raise CheckpointError(folder, "; ".join(problems))
+    return Checkpoint(config=config, weights=weights, path=str(folder), format="hf", shard=cut)

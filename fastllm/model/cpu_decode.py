@@ -53,6 +53,8 @@ class FusedDecode:
     def applies(model: LlamaForCausalLM) -> bool:
         if model.backend.name != "cpu" or model.device.type != "cpu" or model.dtype != torch.float32:
             return False
+        if model.parallel is not None:  # the layers' partial sums are added up between its C++ ops
+            return False
         from fastllm import _cpu_kernels  # only now: other backends run without the C++ extension
 
         if model.config.head_dim not in _cpu_kernels.head_dims:

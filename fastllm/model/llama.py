@@ -20,6 +20,7 @@ another order than HF's, so logits agree to float32 rounding, not bit for bit.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,10 +28,13 @@ from torch import nn
 from fastllm.model.backend import AttentionMetadata, Backend
 from fastllm.model.config import ModelConfig
 from fastllm.model.cpu_decode import FusedDecode
-from fastllm.model.quantized import QuantizedTensor
 from fastllm.model.linear import Embedding, Linear, encoded_types, make_linear
+from fastllm.model.quantized import QuantizedTensor
 from fastllm.model.rotary import rope_inv_freq, rotary_cos_sin
 from fastllm.model.weights import ROPE_FREQS, weight_problems
+
+if TYPE_CHECKING:
+    from fastllm.distributed.group import TensorParallel
 
 Weights = Mapping[str, "torch.Tensor | QuantizedTensor"]
 
@@ -38,6 +42,11 @@ Weights = Mapping[str, "torch.Tensor | QuantizedTensor"]
 def _weight(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> nn.Parameter:
     # Uninitialized: every parameter is overwritten by load_weights.
     return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+def _row_parallel(partial: torch.Tensor, parallel: TensorParallel | None) -> torch.Tensor:
+    """A row-parallel projection's output: each rank's partial sums added up over the group."""
+    return partial if parallel is None else parallel.group.all_reduce(partial)
 
 
 def _dense(weight: torch.Tensor | QuantizedTensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -82,10 +91,12 @@ class RMSNorm(nn.Module):
 
 class LlamaAttention(nn.Module):
     def __init__(
-        self, config: ModelConfig, layer: int, backend: Backend, *, dtype: torch.dtype, device: torch.device
+        self, config: ModelConfig, layer: int, backend: Backend, parallel: TensorParallel | None, *,
+        dtype: torch.dtype, device: torch.device,
     ):
         super().__init__()
         self.backend = backend
+        self.parallel = parallel
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -126,18 +137,19 @@ class LlamaAttention(nn.Module):
         )
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         out = self.backend.attention(q, k, v, k_cache, v_cache, meta, self.scale, window=self.window)
-        return self.o_proj(out.reshape(tokens, self.q_size))
+        return _row_parallel(self.o_proj(out.reshape(tokens, self.q_size)), self.parallel)
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, backend: Backend, *, dtype: torch.dtype, device: torch.device):
+    def __init__(self, config: ModelConfig, backend: Backend, parallel: TensorParallel | None):
         super().__init__()
         self.activation = getattr(backend, _GATED_ACTIVATIONS[config.hidden_act])
+        self.parallel = parallel
         self.gate_up_proj: Linear | None = None  # set by LlamaForCausalLM.load_weights
         self.down_proj: Linear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.activation(self.gate_up_proj(x)))
+        return _row_parallel(self.down_proj(self.activation(self.gate_up_proj(x))), self.parallel)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -145,7 +157,8 @@ class LlamaDecoderLayer(nn.Module):
     -> MLP -> (mlp_output_norm) -> + residual; the two output norms only with `sandwich_norms`."""
 
     def __init__(
-        self, config: ModelConfig, layer: int, backend: Backend, *, dtype: torch.dtype, device: torch.device
+        self, config: ModelConfig, layer: int, backend: Backend, parallel: TensorParallel | None, *,
+        dtype: torch.dtype, device: torch.device,
     ):
         super().__init__()
 
@@ -153,9 +166,9 @@ class LlamaDecoderLayer(nn.Module):
             return RMSNorm(config.hidden_size, config.rms_norm_eps, backend, dtype=dtype, device=device)
 
         self.input_layernorm = norm()
-        self.self_attn = LlamaAttention(config, layer, backend, dtype=dtype, device=device)
+        self.self_attn = LlamaAttention(config, layer, backend, parallel, dtype=dtype, device=device)
         self.post_attention_layernorm = norm()  # before the MLP (HF Gemma's pre_feedforward_layernorm)
-        self.mlp = LlamaMLP(config, backend, dtype=dtype, device=device)
+        self.mlp = LlamaMLP(config, backend, parallel)
         self.attention_output_norm = norm() if config.sandwich_norms else None
         self.mlp_output_norm = norm() if config.sandwich_norms else None
         self.local_rope = config.is_sliding(layer) and config.local_rope_theta is not None
@@ -185,6 +198,12 @@ class LlamaForCausalLM(nn.Module):
     """A Llama-family causal LM whose attention reads and writes a paged KV cache.
 
     Build it, then `load_weights` (HF names, see `fastllm.model.weights`); it holds no weights before.
+
+    With `parallel`, the model is one rank of a tensor-parallel group (Megatron's split, see
+    fastllm.distributed.sharding): `config` is then this rank's part (its heads, intermediate
+    features and padded vocabulary slice, which its KV cache and weights follow), `vocab_size` the
+    whole model's; o and down projections add up their partial sums over the group, the embedding
+    looks up its own rows, and the logits are gathered on rank 0.
     """
 
     def __init__(
@@ -194,11 +213,16 @@ class LlamaForCausalLM(nn.Module):
         *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        parallel: TensorParallel | None = None,
     ) -> None:
         super().__init__()
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         device = torch.device(device)
+        self.vocab_size = config.vocab_size
+        self.parallel = parallel
+        if parallel is not None:
+            config = parallel.shard.config
         self.config = config
         self.backend = backend
         self.dtype = dtype
@@ -206,7 +230,8 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens: Embedding | None = None  # set by load_weights
         self.lm_head: Linear | None = None
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, backend, dtype=dtype, device=device) for i in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, i, backend, parallel, dtype=dtype, device=device)
+            for i in range(config.num_hidden_layers)
         )
         # Gemma: embeddings times sqrt(hidden), rounded to the model dtype first (as HF multiplies).
         multiplier = config.embedding_multiplier
@@ -339,7 +364,7 @@ class LlamaForCausalLM(nn.Module):
             )
         if self.embed_tokens is None:
             raise RuntimeError("the model has no weights yet: call load_weights first")
-        hidden = self.embed_tokens(input_ids)
+        hidden = self._embed(input_ids)
         if self.embedding_multiplier is not None:
             hidden = hidden * self.embedding_multiplier
         if self._fused_decode is not None and not meta.is_prefill and self._fused_decode.takes(kv_cache):
@@ -353,7 +378,23 @@ class LlamaForCausalLM(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits [N, vocab] for hidden states [N, hidden] (the projection runs in the model dtype)."""
-        return self.lm_head(hidden).float()
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.parallel is None:
+            return self.embed_tokens(input_ids)
+        # This rank holds embedding rows `vocab_rows`: it looks up its own ids and gives zeros for
+        # the others, so the sum over the group is each token's row, exactly.
+        rows = self.parallel.shard.vocab_rows
+        local = input_ids - rows.start
+        elsewhere = (local < 0) | (local >= len(rows))
+        hidden = self.embed_tokens(local.masked_fill(elsewhere, 0))
+        return self.parallel.group.all_reduce(hidden.masked_fill_(elsewhere.unsqueeze(-1), 0))
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """float32 logits [N, vocab] for hidden states [N, hidden] (the projection runs in the model
+        dtype); on a tensor-parallel rank other than 0, None (rank 0 gathers every rank's slice)."""
+        logits = self.lm_head(hidden).float()
+        if self.parallel is None:
+            return logits
+        gathered = self.parallel.group.gather_last_dim(logits)
+        return None if gathered is None else gathered[:, : self.vocab_size]
 
