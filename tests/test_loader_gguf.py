@@ -417,7 +417,7 @@ def test_unsupported_version(good_file):
 def test_unknown_architecture(tmp_path):
     path = tmp_path / "gpt2.gguf"
     write_gguf(path, hf_weights(), arch="gpt2")
-    with pytest.raises(CheckpointError, match="gpt2.gguf: unsupported model architecture 'gpt2'; supported: llama"):
+    with pytest.raises(CheckpointError, match="gpt2.gguf: unsupported model architecture 'gpt2'; supported: llama, qwen2, qwen3, gemma3"):
         load_checkpoint(path)
 
 

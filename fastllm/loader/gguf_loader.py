@@ -1,11 +1,17 @@
-"""GGUF (llama.cpp) llama models -> Checkpoint: metadata to ModelConfig, tensors to HF names and layout."""
+"""GGUF (llama.cpp) models -> Checkpoint: metadata to ModelConfig, tensors to HF names and layout.
+
+Architectures llama (Llama 1-3, Mistral, TinyLlama, SmolLM), qwen2, qwen3 and gemma3; each is a
+small `GGUFArchitecture`: its extra tensor names, whether llama.cpp permuted its Q/K rows, what
+it added to its norm weights, and the ModelConfig fields where it departs from Llama.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,6 @@ from fastllm.model.quantized import FLOAT_TYPES, QuantizedTensor, dequantize
 from fastllm.model.weights import ROPE_FREQS, shape_problems
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_ARCHITECTURES = ("llama",)
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -40,17 +44,8 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+_QK_NORM_NAMES = {"attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
-
-
-def hf_name(gguf_name: str) -> str | None:
-    """The HF LlamaForCausalLM name of a llama.cpp tensor name, or None if it has none."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    match = _LAYER_TENSOR.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    return None
 
 
 def unpermute_qk(rows: torch.Tensor | np.ndarray, num_heads: int) -> torch.Tensor | np.ndarray:
@@ -132,6 +127,88 @@ def _rope_scaling(meta: _Metadata, context_length: int) -> dict[str, Any] | None
     raise CheckpointError(meta.path, f"unsupported rope scaling type {scaling_type!r} (supported: none, linear, yarn)")
 
 
+def _layer_types(meta: _Metadata, num_layers: int, default_period: int) -> tuple[str, ...]:
+    """Per-layer attention from `{arch}.attention.sliding_window_pattern`: a period (every n-th layer
+    global, the others sliding) or one bool per layer (true: sliding); else `default_period`."""
+    pattern = meta.get("{arch}.attention.sliding_window_pattern", default_period)
+    if isinstance(pattern, list):
+        if len(pattern) != num_layers or not all(isinstance(p, bool) for p in pattern):
+            raise CheckpointError(meta.path, f"GGUF metadata sliding_window_pattern must hold {num_layers} bools")
+        sliding = pattern
+    elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0:
+        sliding = [(i + 1) % pattern != 0 for i in range(num_layers)]
+    else:
+        raise CheckpointError(
+            meta.path, f"GGUF metadata sliding_window_pattern must be a period or bools, got {pattern!r}"
+        )
+    return tuple("sliding_attention" if s else "full_attention" for s in sliding)
+
+
+def _gemma3_fields(meta: _Metadata, hidden: int, num_heads: int, head_dim: int, num_layers: int) -> dict[str, Any]:
+    """Gemma 3: what llama.cpp's gemma3 loader assumes where the file is silent (a local rope base of
+    10,000, every sixth layer global; the 27B's attention scale from hidden / heads)."""
+    return {
+        "qk_norm": True, "sandwich_norms": True, "norm_weight_offset": 1.0, "hidden_act": "gelu_pytorch_tanh",
+        "embedding_multiplier": hidden**0.5,
+        "query_pre_attn_scalar": hidden // num_heads if num_layers == 62 else head_dim,
+        "sliding_window": meta.number("{arch}.attention.sliding_window", integer=True),
+        "layer_types": _layer_types(meta, num_layers, 6),
+        "local_rope_theta": float(meta.number("{arch}.rope.freq_base_swa", 10000.0)),
+    }
+
+
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one llama.cpp architecture's file maps to HF names and ModelConfig."""
+
+    # GGUF per-layer tensor suffix -> HF name, beyond and over the llama ones (_LAYER_NAMES).
+    layer_names: dict[str, str] = field(default_factory=dict)
+    # llama.cpp's converter interleaves the Q/K rows of these (rotate-pairs rope); not of NeoX-style ones.
+    permuted_qk: bool = False
+    # What llama.cpp's converter added to every norm weight (Gemma: 1, storing HF's (1 + w) whole).
+    norm_shift: float = 0.0
+    # ModelConfig fields where it departs from Llama: (metadata, hidden, heads, head_dim, layers) -> fields.
+    fields: Callable[[_Metadata, int, int, int, int], dict[str, Any]] = lambda *_: {}
+
+    def hf_name(self, gguf_name: str) -> str | None:
+        """The HF name of a tensor of this architecture, or None if it has none."""
+        if gguf_name in _GLOBAL_NAMES:
+            return _GLOBAL_NAMES[gguf_name]
+        match = _LAYER_TENSOR.fullmatch(gguf_name)
+        if match:
+            suffix = match.group(2)
+            name = self.layer_names.get(suffix, _LAYER_NAMES.get(suffix))
+            if name is not None:
+                return f"model.layers.{match.group(1)}.{name}"
+        return None
+
+
+ARCHITECTURES = {
+    "llama": GGUFArchitecture(permuted_qk=True),
+    "qwen2": GGUFArchitecture(
+        layer_names={f"attn_{p}.bias": f"self_attn.{p}_proj.bias" for p in "qkv"},
+        fields=lambda *_: {"attention_bias": True},
+    ),
+    "qwen3": GGUFArchitecture(layer_names=_QK_NORM_NAMES, fields=lambda *_: {"qk_norm": True}),
+    "gemma3": GGUFArchitecture(
+        layer_names={
+            **_QK_NORM_NAMES,
+            "post_attention_norm.weight": "post_attention_layernorm.weight",
+            "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+            "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+        },
+        norm_shift=1.0,
+        fields=_gemma3_fields,
+    ),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+
+
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """The HF name of a llama.cpp tensor name of architecture `arch`, or None if it has none."""
+    return ARCHITECTURES[arch].hf_name(gguf_name)
+
+
 def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
     meta = _Metadata(gguf, arch)
     hidden = meta.number("{arch}.embedding_length", integer=True)
@@ -153,12 +230,14 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
         raise CheckpointError(gguf.path, "GGUF file has no 'token_embd.weight' tensor")
     vocab_size = gguf.tensors["token_embd.weight"].shape[0]
     eos = meta.get("tokenizer.ggml.eos_token_id")
+    num_layers = meta.number("{arch}.block_count", integer=True)
+    family = ARCHITECTURES[arch].fields(meta, hidden, num_heads, head_dim, num_layers)
     try:
         return ModelConfig(
             vocab_size=vocab_size,
             hidden_size=hidden,
             intermediate_size=meta.number("{arch}.feed_forward_length", integer=True),
-            num_hidden_layers=meta.number("{arch}.block_count", integer=True),
+            num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
             num_key_value_heads=meta.number("{arch}.attention.head_count_kv", num_heads, integer=True),
             head_dim=head_dim,
@@ -171,6 +250,7 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
             eos_token_id=eos,
             name=meta.get("general.name") or Path(gguf.path).stem,
             extra={"architecture": arch},
+            **family,
         )
     except ValueError as exc:
         raise CheckpointError(gguf.path, f"invalid model hyper-parameters: {exc}") from None
@@ -182,8 +262,8 @@ def load_gguf(
     keep_encoded: Collection[GGMLQuantizationType] = (),
     shard: ShardFor | None = None,
 ) -> Checkpoint:
-    """Load a llama-architecture GGUF file (or one already opened): config from its metadata,
-    weights in HF names and layout.
+    """Load a GGUF file (or one already opened) of a supported architecture: config from its
+    metadata, weights in HF names and layout (norm weights in HF's convention).
 
     Matrices whose type is in `keep_encoded` stay in their GGUF encoding (`QuantizedTensor`, a view
     of the memory-mapped file, or one copy for the Q/K rows that llama.cpp permutes); every other
@@ -203,22 +283,24 @@ def load_gguf(
             "(llama-gguf-split --merge) and load the merged file"
         )
     config = _config(gguf, arch)
-    unknown = [name for name in gguf.tensors if hf_name(name) is None]
+    architecture = ARCHITECTURES[arch]
+    unknown = [name for name in gguf.tensors if architecture.hf_name(name) is None]
     if unknown:
         raise CheckpointError(
             gguf.path, f"unexpected tensors for a {arch} model: {', '.join(unknown[:4])}"
             f"{' ...' if len(unknown) > 4 else ''}"
         )
     # Check shapes before un-permuting (which needs whole heads): from the directory, decoding nothing.
-    problems = shape_problems({hf_name(name): info.shape for name, info in gguf.tensors.items()}, config)
+    problems = shape_problems({architecture.hf_name(name): info.shape for name, info in gguf.tensors.items()}, config)
     if problems:
         raise CheckpointError(gguf.path, "; ".join(problems))
-    permuted = ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
+    # llama.cpp permutes these rows for the architectures whose rope rotates adjacent pairs.
+    permuted = ("self_attn.q_proj.weight", "self_attn.k_proj.weight") if architecture.permuted_qk else ()
     cut = shard(config) if shard is not None else None
     weights: dict[str, torch.Tensor | QuantizedTensor] = {}
     decoded_types = set()
     for name, info in gguf.tensors.items():
-        target = hf_name(name)
+        target = architecture.hf_name(name)
         raw = gguf.raw(name)
         encoded = len(info.shape) == 2 and info.qtype in keep_encoded
         try:
@@ -228,11 +310,14 @@ def load_gguf(
                 tensor = dequantize(raw, info.qtype, info.shape)
                 if info.qtype not in FLOAT_TYPES:
                     decoded_types.add(info.qtype)
+                if architecture.norm_shift and target.endswith("norm.weight"):
+                    # Back to HF's w, as transformers' loader does (the model adds it back for (1 + w)).
+                    tensor = tensor.float() - architecture.norm_shift
         except ValueError as exc:
             raise CheckpointError(gguf.path, f"tensor {name!r}: {exc}") from None
         if cut is not None:
             tensor = cut(target, tensor)  # whole heads: llama.cpp permutes rows within a head only
-        if target.endswith(permuted):
+        if permuted and target.endswith(permuted):
             tensor = _unpermuted(tensor, config.head_dim)
         weights[target] = tensor
         if not _reads(tensor, raw):
