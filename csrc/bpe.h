@@ -32,13 +32,9 @@ class BytePairEncoder {
     void encode(const uint8_t* piece, size_t size, PieceCache& cache, std::vector<uint32_t>& out) const;
 
    private:
-    static constexpr size_t kLinearLimit = 128;  // longer pieces merge through a heap
-
     void merge(const uint8_t* piece, size_t size, std::vector<uint32_t>& out) const;
     // Writes the one-byte tokens of piece to ids (room for size); returns how many.
     size_t initial_symbols(const uint8_t* piece, size_t size, uint32_t* ids) const;
-    void merge_linear(const uint8_t* piece, size_t size, std::vector<uint32_t>& out) const;
-    void merge_heap(const uint8_t* piece, size_t size, std::vector<uint32_t>& out) const;
 
     std::array<uint32_t, 256> byte_tokens_{};  // BytesMap::kMissing for bytes without a token
     uint32_t serial_;  // identifies this encoder's entries in piece caches

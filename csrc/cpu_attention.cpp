@@ -26,7 +26,8 @@ struct GroupTask {
     const float* q;          // [group, head_dim]
     int64_t group;
     const int32_t* blocks;   // the sequence's row of the block table
-    int64_t length;          // tokens to attend over
+    int64_t first;           // the first token attended to (a sliding window's start, else 0)
+    int64_t length;          // tokens in the sequence: tokens first..length - 1 are attended to
     int64_t head_offset;     // kv_head * head_dim: the head's place in a token's row
     float scale;
     float* scratch;          // block_size scores rounded up to whole vectors + 2 * group statistics
@@ -37,12 +38,15 @@ struct GroupTask {
 // softmax: a block's keys and values are read together and the next block is prefetched (decode
 // attention is bound by memory otherwise). Per query head and block: scores, the running maximum
 // and denominator, then the weighted values added to the output, all with head_dim / 16 vectors.
+// Blocks before the one holding token `first` are never read; in that block the tokens before it
+// score -inf (weight 0) and add no value.
 template <int64_t kChunks>
 FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask& task) {
     constexpr int64_t dim = kChunks * kLanes;
     const int64_t block_size = cache.block_size;
     const int64_t token_stride = cache.num_kv_heads * dim, block_stride = block_size * token_stride;
     const int64_t num_blocks = (task.length + block_size - 1) / block_size;
+    const int64_t first_block = task.first / block_size;
     const int64_t padded_block = (block_size + kLanes - 1) / kLanes * kLanes;
     float* scores = task.scratch;
     float* max_score = scores + padded_block;
@@ -51,11 +55,12 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
     std::fill(denominator, denominator + task.group, 0.0f);
     std::fill(task.out, task.out + task.group * dim, 0.0f);
 
-    for (int64_t j = 0; j < num_blocks; ++j) {
+    for (int64_t j = first_block; j < num_blocks; ++j) {
         const int64_t offset = static_cast<int64_t>(task.blocks[j]) * block_stride + task.head_offset;
         const float* keys = cache.keys + offset;
         const float* values = cache.values + offset;
         const int64_t tokens = std::min(block_size, task.length - j * block_size);
+        const int64_t skipped = j == first_block ? task.first - j * block_size : 0;  // before the window
         if (j + 1 < num_blocks) {
             // Written out here, not in a lambda: GCC deems a function that only prefetches pure
             // and deletes the calls.
@@ -71,7 +76,8 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
         for (int64_t g = 0; g < task.group; ++g) {
             Vec query[kChunks];
             for (int64_t c = 0; c < kChunks; ++c) query[c] = load(task.q + g * dim + c * kLanes);
-            for (int64_t t = 0; t < tokens; ++t) {
+            std::fill(scores, scores + skipped, -std::numeric_limits<float>::infinity());
+            for (int64_t t = skipped; t < tokens; ++t) {
                 const float* key = keys + t * token_stride;
                 Vec dot = query[0] * load(key);
                 for (int64_t c = 1; c < kChunks; ++c) dot += query[c] * load(key + c * kLanes);
@@ -84,9 +90,9 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
                 const Vec more = load(scores + t);
                 block_max = more > block_max ? more : block_max;
             }
-            // What was summed under the old maximum shrinks by exp(old - new); nothing on block 0.
+            // What was summed under the old maximum shrinks by exp(old - new); nothing on the first block.
             const float new_max = std::max(max_lanes(block_max), max_score[g]);
-            const float rescale = j == 0 ? 0.0f : exp_nonpositive(broadcast(max_score[g] - new_max))[0];
+            const float rescale = j == first_block ? 0.0f : exp_nonpositive(broadcast(max_score[g] - new_max))[0];
             max_score[g] = new_max;
             Vec sums{};
             for (int64_t t = 0; t < padded_block; t += kLanes) {
@@ -99,7 +105,7 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
             float* out = task.out + g * dim;
             Vec acc[kChunks];
             for (int64_t c = 0; c < kChunks; ++c) acc[c] = load(out + c * kLanes) * rescale;
-            for (int64_t t = 0; t < tokens; ++t) {
+            for (int64_t t = skipped; t < tokens; ++t) {
                 const float* value = values + t * token_stride;
                 for (int64_t c = 0; c < kChunks; ++c) acc[c] += scores[t] * load(value + c * kLanes);
             }
@@ -154,7 +160,8 @@ void check_paged_decode_inputs(const PagedCache& cache, int64_t batch, const int
 
 void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, const PagedCache& cache,
                             const int32_t* seqlens, const int32_t* block_table, int64_t table_width, float scale,
-                            size_t num_threads, float* out) {
+                            int64_t window, size_t num_threads, float* out) {
+    if (window < 0) throw std::invalid_argument("window must be >= 0 (0: no window), got " + std::to_string(window));
     if (cache.num_kv_heads < 1 || num_q_heads % cache.num_kv_heads != 0) {
         throw std::invalid_argument("num_q_heads (" + std::to_string(num_q_heads) +
                                     ") must be a multiple of num_kv_heads (" + std::to_string(cache.num_kv_heads) +
@@ -178,7 +185,9 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
         for (int64_t item = 0; item < items; ++item) {
             const int64_t b = item / cache.num_kv_heads, kv_head = item % cache.num_kv_heads;
             const int64_t offset = (b * num_q_heads + kv_head * group) * dim;
-            attend_group(cache, GroupTask{q + offset, group, block_table + b * table_width, seqlens[b],
+            const int64_t length = seqlens[b];
+            const int64_t first = window > 0 && length > window ? length - window : 0;
+            attend_group(cache, GroupTask{q + offset, group, block_table + b * table_width, first, length,
                                           kv_head * dim, scale, scratch.data(), out + offset});
         }
     }

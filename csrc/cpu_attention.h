@@ -31,6 +31,8 @@ constexpr bool supports_head_dim(int64_t head_dim) {
 //           head_dim one of kHeadDims
 //   seqlens: [batch], tokens in each sequence's cache, 1..table_width * block_size
 //   block_table: [batch, table_width], the cache blocks of each sequence in order
+//   window: > 0, a sliding window: each query sees only its sequence's last `window` tokens (the
+//           blocks before them are not read); 0, every token
 // Runs on up to `num_threads` OpenMP threads. Throws std::invalid_argument (naming the argument)
 // for an unsupported shape, a length outside its range or a block id outside the cache, before
 // anything is read.
@@ -40,6 +42,6 @@ void check_paged_decode_inputs(const PagedCache& cache, int64_t batch, const int
 
 void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, const PagedCache& cache,
                             const int32_t* seqlens, const int32_t* block_table, int64_t table_width, float scale,
-                            size_t num_threads, float* out);
+                            int64_t window, size_t num_threads, float* out);
 
 }  // namespace fastllm::cpu

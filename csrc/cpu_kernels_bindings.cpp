@@ -4,11 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <iterator>
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -50,7 +50,7 @@ float* writeable_output(Array<float>& out, const char* name, py::ssize_t ndim) {
 
 void paged_decode_attention(const Array<float>& q, const Array<float>& k_cache, const Array<float>& v_cache,
                             const Array<int32_t>& cache_seqlens, const Array<int32_t>& block_table, float scale,
-                            Array<float>& out, size_t num_threads) {
+                            int64_t window, Array<float>& out, size_t num_threads) {
     const float* q_data = c_contiguous_data(q, "q", 3);
     const float* keys = c_contiguous_data(k_cache, "k_cache", 4);
     const float* values = c_contiguous_data(v_cache, "v_cache", 4);
@@ -69,7 +69,7 @@ void paged_decode_attention(const Array<float>& q, const Array<float>& k_cache, 
                                          k_cache.shape(3)};
     py::gil_scoped_release release;
     fastllm::cpu::paged_decode_attention(q_data, batch, q.shape(1), cache, seqlens, table, block_table.shape(1), scale,
-                                         num_threads, out_data);
+                                         window, num_threads, out_data);
 }
 
 // out = rms_norm(x + residual) (summed = x + residual) or, residual None, rms_norm(x).
@@ -193,15 +193,16 @@ void dequantize_row_range(const Array<uint8_t>& w, int qtype, int64_t first_row,
     fastllm::cpu::dequantize_row_range(matrix, out.shape(1), first_row, out.shape(0), out_data, num_threads);
 }
 
-// SwiGLU over x [rows, 2 * inter] (contiguous last axis) into out [rows, inter].
-void silu_and_mul(const Array<float>& x, Array<float>& out, size_t num_threads) {
+// A gated activation (SwiGLU or GeGLU) over x [rows, 2 * inter] (contiguous last axis) into out [rows, inter].
+template <void (*kGated)(const float*, int64_t, int64_t, int64_t, float*, size_t)>
+void gated_activation(const Array<float>& x, Array<float>& out, size_t num_threads) {
     const int64_t x_stride = row_stride(x, "x", 2);
     float* out_data = writeable_output(out, "out", 2);
     if (x.shape(1) % 2 || out.shape(0) != x.shape(0) || out.shape(1) * 2 != x.shape(1)) {
         throw std::invalid_argument("x must be [rows, 2 * inter] and out [rows, inter]");
     }
     py::gil_scoped_release release;
-    fastllm::cpu::silu_and_mul(x.data(), x_stride, x.shape(0), out.shape(1), out_data, num_threads);
+    kGated(x.data(), x_stride, x.shape(0), out.shape(1), out_data, num_threads);
 }
 
 // New keys and values [tokens, heads, dim] (contiguous rows of heads * dim) into the caches' slots.
@@ -230,27 +231,55 @@ void store_kv_cache(const Array<float>& k, const Array<float>& v, Array<float>& 
                                  k_cache.shape(0) * k_cache.shape(1), keys, values);
 }
 
+fastllm::cpu::Activation activation_named(const std::string& name) {
+    if (name == "silu") return fastllm::cpu::Activation::kSilu;
+    if (name == "gelu_pytorch_tanh") return fastllm::cpu::Activation::kGeluTanh;
+    throw std::invalid_argument("activation must be 'silu' or 'gelu_pytorch_tanh', got '" + name + "'");
+}
+
 // Every decoder layer's weights, kept alive (the arrays may be views of a memory-mapped file).
+// A layer is a dict: "input_norm", "post_attention_norm" (float32 [hidden]), "qkv", "o", "gate_up",
+// "down" (lists of (uint8 rows, ggml type)), and optionally "qkv_bias", "q_norm", "k_norm",
+// "attention_output_norm", "mlp_output_norm" (float32 arrays), "window" (int), "local_rope" (bool).
 class DecoderStack {
   public:
     using Parts = std::vector<std::pair<Array<uint8_t>, int>>;
-    using Layer = std::tuple<Array<float>, Array<float>, Parts, Parts, Parts, Parts>;
 
-    DecoderStack(const std::vector<Layer>& layers, int64_t hidden, int64_t intermediate, int64_t num_heads,
-                 int64_t num_kv_heads, int64_t head_dim, float eps, float scale)
-        : arrays_(py::list()), shape_{hidden, intermediate, num_heads, num_kv_heads, head_dim, eps, scale} {
+    DecoderStack(const std::vector<py::dict>& layers, int64_t hidden, int64_t intermediate, int64_t num_heads,
+                 int64_t num_kv_heads, int64_t head_dim, float eps, float scale, const std::string& activation)
+        : arrays_(py::list()),
+          shape_{hidden, intermediate, num_heads, num_kv_heads, head_dim, eps, scale, activation_named(activation)} {
+        static const char* const kKeys[] = {"input_norm", "post_attention_norm", "qkv", "o", "gate_up", "down",
+                                            "qkv_bias", "q_norm", "k_norm", "attention_output_norm",
+                                            "mlp_output_norm", "window", "local_rope"};
+        const int64_t q_size = num_heads * head_dim, qkv_width = q_size + 2 * num_kv_heads * head_dim;
         for (size_t i = 0; i < layers.size(); ++i) {
-            const auto& [input_norm, post_norm, qkv, o, gate_up, down] = layers[i];
+            const py::dict& layer = layers[i];
             const std::string name = "layers[" + std::to_string(i) + "]";
-            fastllm::cpu::DecoderLayerWeights weights{norm(input_norm, name + " input norm"),
-                                                      norm(post_norm, name + " post-attention norm"), matrices(qkv),
-                                                      matrices(o), matrices(gate_up), matrices(down)};
+            for (const auto& item : layer) {
+                const std::string key = py::str(item.first);
+                if (std::find(std::begin(kKeys), std::end(kKeys), key) == std::end(kKeys)) {
+                    throw std::invalid_argument(name + " has an unknown key '" + key + "'");
+                }
+            }
+            fastllm::cpu::DecoderLayerWeights weights{
+                vector(layer, "input_norm", hidden, name), vector(layer, "post_attention_norm", hidden, name),
+                matrices(layer, "qkv", name), matrices(layer, "o", name), matrices(layer, "gate_up", name),
+                matrices(layer, "down", name)};
+            weights.qkv_bias = optional_vector(layer, "qkv_bias", qkv_width, name);
+            weights.q_norm = optional_vector(layer, "q_norm", head_dim, name);
+            weights.k_norm = optional_vector(layer, "k_norm", head_dim, name);
+            weights.attention_output_norm = optional_vector(layer, "attention_output_norm", hidden, name);
+            weights.mlp_output_norm = optional_vector(layer, "mlp_output_norm", hidden, name);
+            weights.window = layer.contains("window") ? layer["window"].cast<int64_t>() : 0;
+            weights.local_rope = layer.contains("local_rope") && layer["local_rope"].cast<bool>();
             layers_.push_back(std::move(weights));
         }
     }
 
     void decode(const Array<float>& hidden, const Array<int64_t>& positions, const Array<float>& cos_cache,
-                const Array<float>& sin_cache, Array<float>& kv_cache, const Array<int64_t>& slot_mapping,
+                const Array<float>& sin_cache, std::optional<Array<float>> local_cos_cache,
+                std::optional<Array<float>> local_sin_cache, Array<float>& kv_cache, const Array<int64_t>& slot_mapping,
                 const Array<int32_t>& context_lens, const Array<int32_t>& block_tables, Array<float>& hidden_out,
                 Array<float>& residual_out, size_t num_threads) const {
         const float* in = c_contiguous_data(hidden, "hidden", 2);
@@ -276,25 +305,52 @@ class DecoderStack {
             throw std::invalid_argument("hidden, positions, the rotary tables, kv_cache, slot_mapping, context_lens, "
                                         "block_tables and the outputs disagree with the model or each other");
         }
-        const fastllm::cpu::DecodeBatch batch{tokens, position_data, cos, sin, cos_cache.shape(0), slots, seqlens,
-                                              table, block_tables.shape(1)};
+        const float* local_cos = nullptr;
+        const float* local_sin = nullptr;
+        if (local_cos_cache.has_value() != local_sin_cache.has_value()) {
+            throw std::invalid_argument("local_cos_cache and local_sin_cache go together");
+        }
+        if (local_cos_cache) {
+            local_cos = c_contiguous_data(*local_cos_cache, "local_cos_cache", 2);
+            local_sin = c_contiguous_data(*local_sin_cache, "local_sin_cache", 2);
+            for (const auto* local : {&*local_cos_cache, &*local_sin_cache}) {
+                if (local->shape(0) != cos_cache.shape(0) || local->shape(1) != cos_cache.shape(1)) {
+                    throw std::invalid_argument("the local rotary tables must have the shape of cos_cache");
+                }
+            }
+        }
+        const fastllm::cpu::DecodeBatch batch{tokens, position_data, cos, sin, cos_cache.shape(0), local_cos, local_sin,
+                                              slots, seqlens, table, block_tables.shape(1)};
         const fastllm::cpu::LayeredCache layered{cache, kv_cache.shape(2), kv_cache.shape(3)};
         py::gil_scoped_release release;
         fastllm::cpu::decode_layers(layers_, shape_, batch, in, layered, out, residual, num_threads);
     }
 
   private:
-    const float* norm(const Array<float>& weight, const std::string& name) {
+    const float* vector(const py::dict& layer, const char* key, int64_t size, const std::string& layer_name) {
+        const std::string name = layer_name + "[" + key + "]";
+        if (!layer.contains(key)) throw std::invalid_argument(layer_name + " lacks '" + key + "'");
+        const Array<float> weight = layer[key].cast<Array<float>>();
         const float* data = c_contiguous_data(weight, name.c_str(), 1);
-        if (weight.shape(0) != shape_.hidden) throw std::invalid_argument(name + " must have hidden_size values");
+        if (weight.shape(0) != size) {
+            throw std::invalid_argument(name + " must have " + std::to_string(size) + " values");
+        }
         arrays_.append(weight);
         return data;
     }
 
-    std::vector<fastllm::cpu::QuantMatrix> matrices(const Parts& parts) {
+    const float* optional_vector(const py::dict& layer, const char* key, int64_t size, const std::string& layer_name) {
+        return layer.contains(key) && !layer[key].is_none() ? vector(layer, key, size, layer_name) : nullptr;
+    }
+
+    std::vector<fastllm::cpu::QuantMatrix> matrices(const py::dict& layer, const char* key,
+                                                    const std::string& layer_name) {
+        if (!layer.contains(key)) throw std::invalid_argument(layer_name + " lacks '" + key + "'");
+        const Parts parts = layer[key].cast<Parts>();
         std::vector<fastllm::cpu::QuantMatrix> out;
         for (size_t i = 0; i < parts.size(); ++i) {
-            out.push_back(quant_matrix(parts[i].first, parts[i].second, "parts[" + std::to_string(i) + "]"));
+            out.push_back(quant_matrix(parts[i].first, parts[i].second,
+                                       layer_name + "[" + key + "][" + std::to_string(i) + "]"));
             arrays_.append(parts[i].first);
         }
         return out;
@@ -310,7 +366,7 @@ class DecoderStack {
 PYBIND11_MODULE(_cpu_kernels, m) {
     m.doc() = "float32 kernels for CPUs (fastllm/kernels/cpu.py is the checked Python layer)";
     m.def("paged_decode_attention", &paged_decode_attention, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
-          py::arg("cache_seqlens"), py::arg("block_table"), py::arg("scale"), py::arg("out"),
+          py::arg("cache_seqlens"), py::arg("block_table"), py::arg("scale"), py::arg("window"), py::arg("out"),
           py::arg("num_threads"));
     m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"),
           py::arg("summed"), py::arg("out"), py::arg("num_threads"));
@@ -338,15 +394,20 @@ PYBIND11_MODULE(_cpu_kernels, m) {
     for (size_t i = 0; i < quant_types.size(); ++i) quant_types[i] = fastllm::cpu::quant::kTypes[i];
     m.attr("quant_types") = quant_types;
 
-    m.def("silu_and_mul", &silu_and_mul, py::arg("x"), py::arg("out"), py::arg("num_threads"));
+    m.def("silu_and_mul", &gated_activation<fastllm::cpu::silu_and_mul>, py::arg("x"), py::arg("out"),
+          py::arg("num_threads"));
+    m.def("gelu_tanh_and_mul", &gated_activation<fastllm::cpu::gelu_tanh_and_mul>, py::arg("x"), py::arg("out"),
+          py::arg("num_threads"));
     m.def("store_kv_cache", &store_kv_cache, py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"),
           py::arg("slot_mapping"));
     py::class_<DecoderStack>(m, "DecoderStack")
-        .def(py::init<const std::vector<DecoderStack::Layer>&, int64_t, int64_t, int64_t, int64_t, int64_t, float,
-                      float>(),
+        .def(py::init<const std::vector<py::dict>&, int64_t, int64_t, int64_t, int64_t, int64_t, float, float,
+                      const std::string&>(),
              py::arg("layers"), py::arg("hidden_size"), py::arg("intermediate_size"), py::arg("num_heads"),
-             py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("rms_norm_eps"), py::arg("softmax_scale"))
+             py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("rms_norm_eps"), py::arg("softmax_scale"),
+             py::arg("activation") = "silu")
         .def("decode", &DecoderStack::decode, py::arg("hidden"), py::arg("positions"), py::arg("cos_cache"),
-             py::arg("sin_cache"), py::arg("kv_cache"), py::arg("slot_mapping"), py::arg("context_lens"),
-             py::arg("block_tables"), py::arg("hidden_out"), py::arg("residual_out"), py::arg("num_threads"));
+             py::arg("sin_cache"), py::arg("local_cos_cache"), py::arg("local_sin_cache"), py::arg("kv_cache"),
+             py::arg("slot_mapping"), py::arg("context_lens"), py::arg("block_tables"), py::arg("hidden_out"),
+             py::arg("residual_out"), py::arg("num_threads"));
 }

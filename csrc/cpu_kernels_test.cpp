@@ -56,17 +56,18 @@ struct Case {
         return PagedCache{keys.data(), values.data(), num_blocks, block_size, num_kv_heads, head_dim};
     }
 
-    std::vector<float> run(size_t num_threads) const {
+    std::vector<float> run(size_t num_threads, int64_t window = 0) const {
         std::vector<float> out(q.size());
         paged_decode_attention(q.data(), static_cast<int64_t>(lengths.size()), num_q_heads, cache(), lengths.data(),
-                               table.data(), table_width, scale(), num_threads, out.data());
+                               table.data(), table_width, scale(), window, num_threads, out.data());
         return out;
     }
 
     float scale() const { return 1.0f / std::sqrt(static_cast<float>(head_dim)); }
 
-    // Plain softmax(q k^T * scale) v per (sequence, query head), in double.
-    std::vector<double> reference() const {
+    // Plain softmax(q k^T * scale) v per (sequence, query head) over its last `window` tokens
+    // (0: all), in double.
+    std::vector<double> reference(int64_t window = 0) const {
         std::vector<double> out(q.size());
         const int64_t group = num_q_heads / num_kv_heads;
         for (size_t b = 0; b < lengths.size(); ++b) {
@@ -77,15 +78,16 @@ struct Case {
                     const int64_t block = table[b * table_width + t / block_size];
                     return ((block * block_size + t % block_size) * num_kv_heads + h / group) * head_dim;
                 };
+                const int64_t first = window > 0 ? std::max<int64_t>(0, lengths[b] - window) : 0;
                 double max = -INFINITY, sum = 0;
-                for (int64_t t = 0; t < lengths[b]; ++t) {
+                for (int64_t t = first; t < lengths[b]; ++t) {
                     double dot = 0;
                     for (int64_t d = 0; d < head_dim; ++d) dot += double(query[d]) * keys[row(t) + d];
                     scores[t] = dot * scale();
                     max = std::max(max, scores[t]);
                 }
-                for (double& s : scores) sum += (s = std::exp(s - max));
-                for (int64_t t = 0; t < lengths[b]; ++t) {
+                for (int64_t t = first; t < lengths[b]; ++t) sum += (scores[t] = std::exp(scores[t] - max));
+                for (int64_t t = first; t < lengths[b]; ++t) {
                     for (int64_t d = 0; d < head_dim; ++d) {
                         out[(b * num_q_heads + h) * head_dim + d] += scores[t] / sum * values[row(t) + d];
                     }
@@ -111,6 +113,10 @@ void test_against_reference() {
                 const Case c(heads.first, heads.second, dim, block, {1, std::max(b - 1, 1), b, b + 1, 4 * b + 3}, rng);
                 const std::vector<double> expected = c.reference();
                 for (const size_t threads : {1, 3}) CHECK(max_error(c.run(threads), expected) < 1e-5);
+                // Sliding windows of one token, inside a block, across blocks, and longer than every sequence.
+                for (const int64_t window : {int64_t{1}, std::max<int64_t>(block / 2, 1), 2 * block + 1, 8 * block}) {
+                    CHECK(max_error(c.run(2, window), c.reference(window)) < 1e-5);
+                }
             }
         }
     }
@@ -122,7 +128,7 @@ void test_invalid_arguments() {
     std::vector<float> out(c.q.size());
     const auto call = [&](const PagedCache& cache, const int32_t* lengths, int64_t q_heads) {
         return [&, lengths, q_heads] {
-            paged_decode_attention(c.q.data(), 2, q_heads, cache, lengths, c.table.data(), c.table_width, 1.0f, 2,
+            paged_decode_attention(c.q.data(), 2, q_heads, cache, lengths, c.table.data(), c.table_width, 1.0f, 0, 2,
                                    out.data());
         };
     };
@@ -273,8 +279,8 @@ void test_decode_layers() {
     const std::vector<float> cos = random_floats(20 * 16, rng), sin = random_floats(20 * 16, rng);
     const std::vector<int64_t> positions = {0, 5, 9}, slots = {0, 13, 21};  // each at its position's block
     const std::vector<int32_t> seqlens = {1, 6, 10}, table = {0, 5, 5, 2, 3, 5, 4, 6, 5};  // width 3
-    const DecodeBatch batch{tokens, positions.data(), cos.data(), sin.data(), 20, slots.data(), seqlens.data(),
-                            table.data(), 3};
+    const DecodeBatch batch{tokens,        positions.data(), cos.data(), sin.data(), 20, nullptr, nullptr,
+                            slots.data(), seqlens.data(),    table.data(), 3};
     const size_t cache_floats = static_cast<size_t>(layers_count * 2 * num_blocks * block_size * kv_size);
     std::vector<float> cache = random_floats(cache_floats, rng), cache_by_steps = cache;
     std::vector<float> out(hidden.size()), residual(hidden.size());
@@ -301,7 +307,7 @@ void test_decode_layers() {
         store_kv_cache(k.data(), kv_size, qkv.data() + q_size + kv_size, 256, tokens, kv_size, slots.data(),
                        num_blocks * block_size, keys, keys + layer_floats);
         paged_decode_attention(q.data(), tokens, 4, PagedCache{keys, keys + layer_floats, num_blocks, block_size, 2, 32},
-                               seqlens.data(), table.data(), 3, 0.17f, 1, attended.data());
+                               seqlens.data(), table.data(), 3, 0.17f, 0, 1, attended.data());
         quantized_matmul(attended.data(), tokens, q_size, w.o.data(), 1, projected.data(), 1);
         rms_norm(projected.data(), 32, res.data(), 32, tokens, 32, w.post_attention_norm, 1e-5f, res.data(),
                  normed.data(), 1);
@@ -312,14 +318,73 @@ void test_decode_layers() {
     CHECK(out == x && residual == res && cache == cache_by_steps);
 
     const std::vector<int64_t> bad_slots = {0, 13, 28};
-    const DecodeBatch bad{tokens, positions.data(), cos.data(), sin.data(), 20, bad_slots.data(), seqlens.data(),
-                          table.data(), 3};
+    const DecodeBatch bad{tokens,           positions.data(), cos.data(), sin.data(), 20, nullptr, nullptr,
+                          bad_slots.data(), seqlens.data(),    table.data(), 3};
     const std::vector<float> before = cache;
     CHECK(throws_invalid_argument([&] {
         decode_layers(layers, shape, bad, hidden.data(), {cache.data(), num_blocks, block_size}, out.data(),
                       residual.data(), 2);
     }));
     CHECK(cache == before);
+}
+
+// Every piece a family switches on at once (q/k/v biases, q/k norms, sandwich norms, GeGLU, a
+// sliding window, local rotary tables), on exact-size buffers: the sanitizers watch the scratch
+// layout; the thread count must not change a bit (the Python tests hold it to the layer path).
+void test_decode_layers_with_every_family_piece() {
+    std::mt19937 rng(8);
+    DecoderShape shape{32, 48, 4, 2, 32, 1e-6f, 0.2f};
+    shape.activation = Activation::kGeluTanh;
+    const int64_t tokens = 3, block_size = 4, num_blocks = 7, kv_size = 64, qkv_width = 256;
+    std::vector<std::vector<float>> storage;
+    auto floats = [&](int64_t count) {
+        storage.push_back(random_floats(static_cast<size_t>(count), rng));
+        return storage.back().data();
+    };
+    auto matrix = [&](int64_t rows, int64_t cols) {
+        const float* data = floats(rows * cols);
+        return QuantMatrix{reinterpret_cast<const uint8_t*>(data), 0, rows, cols * 4};
+    };
+    std::vector<DecoderLayerWeights> layers;
+    for (int64_t i = 0; i < 2; ++i) {
+        DecoderLayerWeights layer{floats(32), floats(32), {matrix(qkv_width, 32)}, {matrix(32, 128)},
+                                  {matrix(96, 32)}, {matrix(32, 48)}};
+        layer.qkv_bias = floats(qkv_width);
+        layer.q_norm = floats(32);
+        layer.k_norm = floats(32);
+        layer.attention_output_norm = floats(32);
+        layer.mlp_output_norm = floats(32);
+        layer.window = i == 0 ? 3 : 0;
+        layer.local_rope = i == 0;
+        layers.push_back(layer);
+    }
+    const std::vector<float> hidden = random_floats(static_cast<size_t>(tokens * 32), rng);
+    const std::vector<float> cos = random_floats(20 * 16, rng), sin = random_floats(20 * 16, rng);
+    const std::vector<float> local_cos = random_floats(20 * 16, rng), local_sin = random_floats(20 * 16, rng);
+    const std::vector<int64_t> positions = {0, 5, 9}, slots = {0, 13, 21};
+    const std::vector<int32_t> seqlens = {1, 6, 10}, table = {0, 5, 5, 2, 3, 5, 4, 6, 5};
+    const DecodeBatch batch{tokens,       positions.data(), cos.data(),   sin.data(), 20, local_cos.data(),
+                            local_sin.data(), slots.data(), seqlens.data(), table.data(), 3};
+    const std::vector<float> start = random_floats(static_cast<size_t>(2 * 2 * num_blocks * block_size * kv_size), rng);
+    std::vector<std::vector<float>> outs;
+    for (const size_t threads : {1, 3}) {
+        std::vector<float> cache = start, out(hidden.size()), residual(hidden.size());
+        decode_layers(layers, shape, batch, hidden.data(), {cache.data(), num_blocks, block_size}, out.data(),
+                      residual.data(), threads);
+        for (const float x : out) CHECK(std::isfinite(x));
+        out.insert(out.end(), residual.begin(), residual.end());
+        out.insert(out.end(), cache.begin(), cache.end());
+        outs.push_back(out);
+    }
+    CHECK(outs[0] == outs[1]);
+    layers[1].local_rope = true;
+    const DecodeBatch no_local{tokens,       positions.data(), cos.data(),   sin.data(), 20, nullptr,
+                               nullptr,      slots.data(),     seqlens.data(), table.data(), 3};
+    std::vector<float> cache = start, out(hidden.size()), residual(hidden.size());
+    CHECK(throws_invalid_argument([&] {
+        decode_layers(layers, shape, no_local, hidden.data(), {cache.data(), num_blocks, block_size}, out.data(),
+                      residual.data(), 1);
+    }));
 }
 
 }  // namespace
@@ -332,5 +397,6 @@ int main() {
     test_silu_and_mul();
     test_store_kv_cache();
     test_decode_layers();
+    test_decode_layers_with_every_family_piece();
     return fastllm::testing::report("cpu_kernels_test");
 }

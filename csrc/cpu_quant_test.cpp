@@ -37,8 +37,8 @@ uint16_t moderate_half(std::mt19937& rng) {
 // Byte offsets of a block's half scales.
 std::vector<int> scale_offsets(int type) {
     switch (type) {
-        case quant::kQ4_0: case quant::kQ8_0: return {0};
-        case quant::kQ4_1: case quant::kQ4_K: case quant::kQ5_K: return {0, 2};
+        case quant::kQ4_0: case quant::kQ5_0: case quant::kQ8_0: return {0};
+        case quant::kQ4_1: case quant::kQ5_1: case quant::kQ4_K: case quant::kQ5_K: return {0, 2};
         case quant::kQ6_K: return {quant::layout::kQ6_KScale};
         default: return {};
     }

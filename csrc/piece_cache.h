@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+#include "hash_maps.h"
+
 namespace fastllm {
 
 class PieceCache {
@@ -58,5 +60,26 @@ class PieceCache {
     };
     std::vector<Entry> entries_ = std::vector<Entry>(kEntries);
 };
+
+// The encode path of both BPE models: a piece that is one token is looked up whole, a recent
+// piece comes from the thread's cache, the rest are merged (merge(piece, size, out) appends the
+// ids) and cached under `owner`, the encoder's serial.
+template <class Merge>
+inline void encode_piece(const BytesMap& single_tokens, uint32_t owner, const uint8_t* piece, size_t size,
+                         PieceCache& cache, std::vector<uint32_t>& out, Merge merge) {
+    const uint64_t hash = hash_bytes(piece, size);
+    const uint32_t whole = single_tokens.get(piece, size, hash);
+    if (whole != BytesMap::kMissing) {
+        out.push_back(whole);
+        return;
+    }
+    if (cache.find(owner, piece, size, hash, out)) return;
+    const size_t begin = out.size();
+    merge(piece, size, out);
+    cache.store(owner, piece, size, hash, out.data() + begin, out.size() - begin);
+}
+
+// Serials for encoders, so that entries of one never answer for another (0 marks an empty entry).
+uint32_t next_encoder_serial();
 
 }  // namespace fastllm

@@ -9,8 +9,9 @@ PreTokenizer parse_pre_tokenizer(std::string_view name) {
     if (name == "gpt2") return PreTokenizer::kGpt2;
     if (name == "smollm") return PreTokenizer::kSmollm;
     if (name == "llama-bpe") return PreTokenizer::kLlama3;
+    if (name == "qwen2") return PreTokenizer::kQwen2;
     throw std::invalid_argument("unsupported pre_tokenizer '" + std::string(name) +
-                                "': expected one of 'gpt2', 'smollm', 'llama-bpe'");
+                                "': expected one of 'gpt2', 'smollm', 'llama-bpe', 'qwen2'");
 }
 
 namespace pretokenizer_detail {

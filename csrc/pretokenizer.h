@@ -7,6 +7,7 @@
 //              then gpt2 on the text between them
 //   llama-bpe  (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
 //              ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//   qwen2      the llama-bpe regex with \p{N} for \p{N}{1,3}: one digit per piece (Qwen2, Qwen2.5, Qwen3)
 // The scanners are inline templates: the encoder's loop calls them once per piece.
 #pragma once
 
@@ -18,9 +19,9 @@
 
 namespace fastllm {
 
-enum class PreTokenizer : uint8_t { kGpt2, kSmollm, kLlama3 };
+enum class PreTokenizer : uint8_t { kGpt2, kSmollm, kLlama3, kQwen2 };
 
-// Parses "gpt2", "smollm" or "llama-bpe"; throws std::invalid_argument naming the allowed values.
+// Parses "gpt2", "smollm", "llama-bpe" or "qwen2"; throws std::invalid_argument naming the allowed values.
 PreTokenizer parse_pre_tokenizer(std::string_view name);
 
 namespace pretokenizer_detail {
@@ -127,6 +128,8 @@ inline size_t gpt2_piece_end(const Text& text, size_t begin) {
     return space_piece_end(run, at_end);
 }
 
+// The llama-bpe regex; kMaxDigits 3 (\p{N}{1,3}) or 1 (qwen2's \p{N}).
+template <int kMaxDigits>
 inline size_t llama3_piece_end(const Text& text, size_t begin) {
     const auto is_letter = [](uint8_t flags) { return (flags & kLetter) != 0; };
     const auto is_newline = [](uint32_t cp) { return cp == '\r' || cp == '\n'; };
@@ -140,10 +143,10 @@ inline size_t llama3_piece_end(const Text& text, size_t begin) {
     if (!(c.flags & kNumber) && !is_newline(c.code_point) && after < text.size && (text.at(after).flags & kLetter)) {
         return skip_while(text, after, is_letter);
     }
-    // \p{N}{1,3}
+    // \p{N}{1,kMaxDigits}
     if (c.flags & kNumber) {
         size_t end = after;
-        for (int taken = 1; taken < 3 && end < text.size; ++taken) {
+        for (int taken = 1; taken < kMaxDigits && end < text.size; ++taken) {
             const Char next = text.at(end);
             if (!(next.flags & kNumber)) break;
             end += next.size;
@@ -190,7 +193,9 @@ inline void for_each_piece(PreTokenizer mode, const uint8_t* data, size_t size, 
         case PreTokenizer::kSmollm:
             return d::split_with(text, d::gpt2_piece_end<true>, on_piece);
         case PreTokenizer::kLlama3:
-            return d::split_with(text, d::llama3_piece_end, on_piece);
+            return d::split_with(text, d::llama3_piece_end<3>, on_piece);
+        case PreTokenizer::kQwen2:
+            return d::split_with(text, d::llama3_piece_end<1>, on_piece);
     }
 }
 

@@ -16,6 +16,8 @@ enum Type : int {
     kF16 = 1,
     kQ4_0 = 2,
     kQ4_1 = 3,
+    kQ5_0 = 6,
+    kQ5_1 = 7,
     kQ8_0 = 8,
     kQ4_K = 12,
     kQ5_K = 13,
@@ -23,7 +25,7 @@ enum Type : int {
     kBF16 = 30,
 };
 
-inline constexpr int kTypes[] = {kF32, kF16, kBF16, kQ4_0, kQ4_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K};
+inline constexpr int kTypes[] = {kF32, kF16, kBF16, kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K};
 
 // A block: `values` consecutive weights of a row stored in `bytes` bytes (gguf's GGML_QUANT_SIZES).
 struct BlockFormat {
@@ -40,6 +42,8 @@ constexpr BlockFormat block_format(int type) {
         case kBF16: return {1, 2, "BF16"};
         case kQ4_0: return {32, 18, "Q4_0"};
         case kQ4_1: return {32, 20, "Q4_1"};
+        case kQ5_0: return {32, 22, "Q5_0"};
+        case kQ5_1: return {32, 24, "Q5_1"};
         case kQ8_0: return {32, 34, "Q8_0"};
         case kQ4_K: return {256, 144, "Q4_K"};
         case kQ5_K: return {256, 176, "Q5_K"};
@@ -50,11 +54,15 @@ constexpr BlockFormat block_format(int type) {
 
 constexpr bool is_supported(int type) { return block_format(type).values != 0; }
 
-// Byte offsets inside a block (ggml's block_q4_0, block_q4_1, block_q8_0, block_q4_K, block_q5_K,
-// block_q6_K; "f16" fields are IEEE half floats, little-endian like everything here).
+// Byte offsets inside a block (ggml's block_q4_0, block_q4_1, block_q5_0, block_q5_1, block_q8_0,
+// block_q4_K, block_q5_K, block_q6_K; "f16" fields are IEEE half floats, little-endian like
+// everything here).
 namespace layout {
 inline constexpr int kQ4_0Scale = 0, kQ4_0Quants = 2;                     // d; 16 bytes, two 4-bit values each
 inline constexpr int kQ4_1Scale = 0, kQ4_1Min = 2, kQ4_1Quants = 4;       // d, m; 16 bytes of nibbles
+// d; 32 fifth bits (bit j of a little-endian uint32 for value j); 16 bytes of nibbles as Q4_0's
+inline constexpr int kQ5_0Scale = 0, kQ5_0HighBits = 2, kQ5_0Quants = 6;
+inline constexpr int kQ5_1Scale = 0, kQ5_1Min = 2, kQ5_1HighBits = 4, kQ5_1Quants = 8;  // d, m; as Q5_0
 inline constexpr int kQ8_0Scale = 0, kQ8_0Quants = 2;                     // d; 32 int8
 inline constexpr int kKScale = 0, kKMin = 2, kKScales = 4;                // Q4_K, Q5_K: d, dmin; 12 bytes of 6-bit pairs
 inline constexpr int kQ4_KQuants = 16;                                    // 128 bytes of nibbles
@@ -89,6 +97,18 @@ inline float half_to_float(uint16_t h) {
 }
 
 inline float half_at(const uint8_t* p) { return half_to_float(read_u16(p)); }
+
+inline uint32_t read_u32(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// Q5_0 / Q5_1 code j (0..31) of a block: its nibble, and bit j of the high bits as bit 4.
+inline int q5_code(const uint8_t* quants, uint32_t high_bits, int j) {
+    const int nibble = j < 16 ? quants[j] & 0x0f : quants[j - 16] >> 4;
+    return nibble | static_cast<int>(((high_bits >> j) & 1u) << 4);
+}
 
 // The 6-bit scales and mins of a Q4_K / Q5_K block's 8 sub-blocks (ggml's get_scale_min_k4):
 // sub-block j < 4 has them in the low six bits of bytes j and j + 4; above, four bits in byte
@@ -129,6 +149,18 @@ inline void decode_block(int type, const uint8_t* block, float* out) {
                 out[j] = d * static_cast<float>(q[j] & 0x0f) + m;
                 out[j + 16] = d * static_cast<float>(q[j] >> 4) + m;
             }
+            return;
+        }
+        case kQ5_0: {  // d * (q - 16)
+            const float d = half_at(block + layout::kQ5_0Scale);
+            const uint32_t high = read_u32(block + layout::kQ5_0HighBits);
+            for (int j = 0; j < 32; ++j) out[j] = d * static_cast<float>(q5_code(block + layout::kQ5_0Quants, high, j) - 16);
+            return;
+        }
+        case kQ5_1: {  // (d * q) + m
+            const float d = half_at(block + layout::kQ5_1Scale), m = half_at(block + layout::kQ5_1Min);
+            const uint32_t high = read_u32(block + layout::kQ5_1HighBits);
+            for (int j = 0; j < 32; ++j) out[j] = d * static_cast<float>(q5_code(block + layout::kQ5_1Quants, high, j)) + m;
             return;
         }
         case kQ8_0: {  // q * d

@@ -2,6 +2,7 @@
 // Python tests hold the ids equal to HF tokenizers; this driver checks the core on its own:
 // the splitters on hand-worked cases, fast BPE against a plain reference BPE on random vocabularies
 // (both merge paths), and that arbitrary bytes (invalid UTF-8 included) round-trip without crashing.
+// SentencePiece BPE: see sentencepiece_test.cpp.
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -65,6 +66,9 @@ void test_splitters() {
     check_split(gpt2, "\xE3\x80\x80\xE3\x80\x80x", {"\xE3\x80\x80", "\xE3\x80\x80", "x"});  // U+3000
     check_split(gpt2, "\xFF\xFEz", {"\xFF\xFE", "z"});  // invalid bytes are "other" characters
     check_split(smollm, "\xD9\xA1\xD9\xA2", {"\xD9\xA1", "\xD9\xA2"});  // Arabic-Indic digits
+    const auto qwen2 = PreTokenizer::kQwen2;
+    check_split(qwen2, "12345 67", {"1", "2", "3", "4", "5", " ", "6", "7"});
+    check_split(qwen2, "HE'S x1y (hello)\n\n", {"HE", "'S", " x", "1", "y", " (", "hello", ")\n\n"});
 }
 
 // A random byte-level vocabulary: every byte (or all but a few), then merges of random pairs
@@ -155,9 +159,9 @@ std::string decoded(const Tokenizer& tokenizer, const std::vector<uint32_t>& ids
 
 void test_bpe_against_reference() {
     std::mt19937 rng(1234);
-    for (int round = 0; round < 6; ++round) {
-        const auto mode = static_cast<PreTokenizer>(round % 3);
-        TokenizerSpec spec = random_spec(rng, mode, round >= 3);
+    for (int round = 0; round < 8; ++round) {
+        const auto mode = static_cast<PreTokenizer>(round % 4);
+        TokenizerSpec spec = random_spec(rng, mode, round >= 4);
         spec.added_tokens.clear();  // the reference knows only BPE
         const Tokenizer tokenizer(spec);
         for (int t = 0; t < 30; ++t) {
@@ -172,7 +176,7 @@ void test_bpe_against_reference() {
                 expected.insert(expected.end(), piece_ids.begin(), piece_ids.end());
             }
             CHECK(ids == expected);
-            if (round < 3) CHECK(decoded(tokenizer, ids) == text);  // every byte has a token
+            if (round < 4) CHECK(decoded(tokenizer, ids) == text);  // every byte has a token
         }
     }
 }
@@ -197,6 +201,43 @@ void test_added_tokens() {
     CHECK(text == "<sep>");
 }
 
+// The matcher's trie walk and prefix filter against a scan of every token at every position, on
+// tokens that share prefixes, are shorter and longer than four bytes, repeat, and start alike.
+void test_added_token_matcher() {
+    std::mt19937 rng(21);
+    const std::string alphabet = "<>ab\xE2\x96\x81";
+    for (int round = 0; round < 20; ++round) {
+        std::vector<AddedToken> tokens;
+        for (uint32_t id = 0; id < 1 + rng() % 30; ++id) {
+            std::string content;
+            for (size_t n = 1 + rng() % 7; n > 0; --n) content += alphabet[rng() % alphabet.size()];
+            tokens.push_back(AddedToken{id, content, false, false});
+        }
+        const AddedTokenMatcher matcher(tokens);
+        std::string text;
+        for (size_t n = rng() % 60; n > 0; --n) text += alphabet[rng() % alphabet.size()];
+        AddedTokenMatcher::Match match{};
+        for (size_t from = 0; from <= text.size(); from = match.end) {
+            size_t begin = std::string::npos, length = 0;
+            uint32_t id = 0;
+            for (size_t i = from; i < text.size() && begin == std::string::npos; ++i) {
+                for (const AddedToken& token : tokens) {  // leftmost, then longest, then listed first
+                    if (text.compare(i, token.content.size(), token.content) == 0 &&
+                        (begin == std::string::npos || token.content.size() > length)) {
+                        begin = i;
+                        length = token.content.size();
+                        id = token.id;
+                    }
+                }
+            }
+            const bool found = matcher.find(text, from, match);
+            CHECK(found == (begin != std::string::npos));
+            if (!found) break;
+            CHECK(match.begin == begin && match.end == begin + length && match.token->id == id);
+        }
+    }
+}
+
 void test_invalid_input() {
     std::mt19937 rng(99);
     const TokenizerSpec spec = random_spec(rng, PreTokenizer::kLlama3, false);
@@ -207,7 +248,7 @@ void test_invalid_input() {
     for (int t = 0; t < 300; ++t) {  // arbitrary bytes, every mode
         std::string text(rng() % 64, '\0');
         for (auto& c : text) c = static_cast<char>(rng());
-        for (int mode = 0; mode < 3; ++mode) {
+        for (int mode = 0; mode < 4; ++mode) {
             TokenizerSpec copy = spec;
             copy.pre_tokenizer = static_cast<PreTokenizer>(mode);
             std::vector<uint32_t> ids;
@@ -269,6 +310,7 @@ int main() {
     test_splitters();
     test_bpe_against_reference();
     test_added_tokens();
+    test_added_token_matcher();
     test_invalid_input();
     test_unknown_bytes();
     test_batch();

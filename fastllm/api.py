@@ -58,7 +58,7 @@ class LLM:
         """
         if not isinstance(model, LlamaForCausalLM):
             raise TypeError(f"model must be a fastllm LlamaForCausalLM, got {type(model).__name__}")
-        taken = engine_options.keys() & {"model", "device", "dtype", "backend"}
+        taken = engine_options.keys() & {"model", "device", "dtype", "backend", "tensor_parallel_size"}
         if taken:
             raise TypeError(f"from_model takes the model's own {', '.join(sorted(taken))}; do not pass them")
         llm = cls.__new__(cls)
@@ -77,6 +77,11 @@ class LLM:
     def tokenizer(self) -> Tokenizer:
         """The model's tokenizer (fastllm.Tokenizer)."""
         return self.engine.tokenizer
+
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel model (their processes exit); nothing to do on
+        one rank. They are also stopped when the LLM is garbage-collected or the interpreter exits."""
+        self.engine.close()
 
     # -- the engine loop ----------------------------------------------------------------------
 

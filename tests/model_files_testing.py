@@ -4,6 +4,7 @@ so that `fastllm.loader.load` and `LLM(path)` take them like real models."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -22,8 +23,24 @@ def vocabulary(size: int) -> tuple[list[str], list[tuple[str, str]]]:
 TOKENS, MERGES = vocabulary(VOCAB)
 
 
-def write_llama_gguf(path: Path, *, seed: int = 0, add_bos_token: bool | None = None, **token_ids: int) -> str:
-    """A random tiny llama GGUF file with a one-character-per-token tokenizer.
+def write_char_tokenizer(writer: gguf.GGUFWriter) -> int:
+    """The one-character-per-token byte-level tokenizer (BOS 1, EOS 2); returns its vocabulary size."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt2")
+    writer.add_token_list(TOKENS)
+    writer.add_token_types([3 if i in (BOS, EOS) else 1 for i in range(VOCAB)])
+    writer.add_token_merges([" ".join(merge) for merge in MERGES])
+    writer.add_bos_token_id(BOS)
+    writer.add_eos_token_id(EOS)
+    return VOCAB
+
+
+def write_llama_gguf(
+    path: Path, *, seed: int = 0, add_bos_token: bool | None = None,
+    write_tokenizer: Callable[[gguf.GGUFWriter], int] = write_char_tokenizer, **token_ids: int,
+) -> str:
+    """A random tiny llama GGUF file with a one-character-per-token tokenizer (or the fields that
+    write_tokenizer writes; it returns the vocabulary size).
 
     token_ids: extra `tokenizer.ggml.<name>` ids, e.g. eot_token_id=7, eom_token_id=9 (bos 1 and
     eos 2 are always written). The same seed writes the same weights.
@@ -35,19 +52,13 @@ def write_llama_gguf(path: Path, *, seed: int = 0, add_bos_token: bool | None = 
         "attention.head_count": HEADS, "attention.head_count_kv": KV_HEADS,
     }.items():
         writer.add_uint32(f"llama.{key}", value)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
-    writer.add_token_list(TOKENS)
-    writer.add_token_types([3 if i in (BOS, EOS) else 1 for i in range(VOCAB)])
-    writer.add_token_merges([" ".join(merge) for merge in MERGES])
-    writer.add_bos_token_id(BOS)
-    writer.add_eos_token_id(EOS)
+    vocab_size = write_tokenizer(writer)
     if add_bos_token is not None:
         writer.add_add_bos_token(add_bos_token)
     for name, value in token_ids.items():
         writer.add_uint32(f"tokenizer.ggml.{name}", value)
     head_dim = HIDDEN // HEADS
-    shapes = {"token_embd.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,)}
+    shapes = {"token_embd.weight": (vocab_size, HIDDEN), "output_norm.weight": (HIDDEN,)}
     for i in range(LAYERS):
         shapes.update({
             f"blk.{i}.attn_norm.weight": (HIDDEN,), f"blk.{i}.ffn_norm.weight": (HIDDEN,),

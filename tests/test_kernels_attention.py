@@ -27,18 +27,23 @@ def _randn(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch
     return torch.randn(shape, generator=generator).to(dtype)
 
 
+def _packed(lengths_q: list[int], lengths_k: list[int], num_q_heads: int, num_kv_heads: int, head_dim: int,
+            dtype: torch.dtype, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random packed q, k, v and their cu_seqlens for sequences of these query and key lengths."""
+    q = _randn(sum(lengths_q), num_q_heads, head_dim, dtype=dtype, generator=generator)
+    k = _randn(sum(lengths_k), num_kv_heads, head_dim, dtype=dtype, generator=generator)
+    v = _randn(sum(lengths_k), num_kv_heads, head_dim, dtype=dtype, generator=generator)
+    return q, k, v, cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+
+
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), GQA_CASES)
 @pytest.mark.parametrize("causal", [True, False])
 def test_varlen_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, causal: bool) -> None:
     generator = torch.Generator().manual_seed(num_q_heads * 1000 + head_dim + causal)
     # (queries, keys) per sequence: equal lengths around the tile edge and several tiles, then
     # fewer queries than keys (bottom-right causal) and more (leading queries see no key).
-    lengths_q = [1, 15, 16, 17, 40, 3, 20]
-    lengths_k = [1, 15, 16, 17, 40, 21, 4]
-    q = _randn(sum(lengths_q), num_q_heads, head_dim, dtype=dtype, generator=generator)
-    k = _randn(sum(lengths_k), num_kv_heads, head_dim, dtype=dtype, generator=generator)
-    v = _randn(sum(lengths_k), num_kv_heads, head_dim, dtype=dtype, generator=generator)
-    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    q, k, v, cu_q, cu_k = _packed([1, 15, 16, 17, 40, 3, 20], [1, 15, 16, 17, 40, 21, 4], num_q_heads,
+                                  num_kv_heads, head_dim, dtype, generator)
     out = kernels.varlen_attention(q, k, v, cu_q, cu_k, causal=causal)
     ref = reference.varlen_attention(q.double(), k.double(), v.double(), cu_q, cu_k, causal=causal)
     assert_close(out, ref, dtype)
@@ -101,6 +106,116 @@ def test_paged_decode_attention_matches_varlen_with_one_query() -> None:
     prefill = kernels.varlen_attention(q, k_cache, v_cache, cu_seqlens([1, 1, 1]), cu_seqlens(lengths),
                                        softmax_scale=0.2, block_table=table)
     assert_close(decode, prefill.double(), torch.float32)
+
+
+# -- sliding windows --------------------------------------------------------------------------------
+
+# Windows of one key, inside a 16-key tile, across tile edges, and longer than every sequence.
+WINDOWS = [1, 5, 16, 23, 1000]
+
+
+def _naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None) -> torch.Tensor:
+    """One sequence, float64, by definition: query i (of lq, bottom-right aligned over lk keys) sees
+    keys j with i + lk - lq - window < j <= i + lk - lq; softmax over them (zeros if none)."""
+    lq, lk, group = q.shape[0], k.shape[0], q.shape[1] // k.shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for i in range(lq):
+        last = i + lk - lq
+        first = 0 if window is None else max(0, last - window + 1)
+        if last < 0:
+            continue
+        for h in range(q.shape[1]):
+            keys, values = k[first:last + 1, h // group].double(), v[first:last + 1, h // group].double()
+            weights = torch.softmax(keys @ q[i, h].double() / q.shape[-1] ** 0.5, dim=0)
+            out[i, h] = weights @ values
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 4, 9, 100])
+def test_reference_window_is_the_definition(window: int) -> None:
+    generator = torch.Generator().manual_seed(window)
+    q, k, v, cu_q, cu_k = _packed([1, 7, 12, 9], [1, 7, 20, 5], 4, 2, 8, torch.float64, generator)
+    out = reference.varlen_attention(q, k, v, cu_q, cu_k, window=window)
+    for b in range(len(cu_q) - 1):
+        q0, q1, k0, k1 = cu_q[b], cu_q[b + 1], cu_k[b], cu_k[b + 1]
+        torch.testing.assert_close(out[q0:q1], _naive_attention(q[q0:q1], k[k0:k1], v[k0:k1], window))
+
+
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), GQA_CASES[:2])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_varlen_attention_window(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                                 window: int) -> None:
+    generator = torch.Generator().manual_seed(window * 10 + head_dim)
+    q, k, v, cu_q, cu_k = _packed([1, 15, 17, 40, 3, 20], [1, 15, 17, 40, 37, 4], num_q_heads, num_kv_heads,
+                                  head_dim, dtype, generator)
+    out = kernels.varlen_attention(q, k, v, cu_q, cu_k, window=window)
+    ref = reference.varlen_attention(q.double(), k.double(), v.double(), cu_q, cu_k, window=window)
+    assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_varlen_attention_paged_window(dtype: torch.dtype, window: int) -> None:
+    """Chunked prefill and prefix hits through a sliding window over a shuffled paged cache."""
+    generator = torch.Generator().manual_seed(window)
+    lengths_k = [1, 15, 16, 17, 53]
+    lengths_q = [1, 15, 5, 1, 32]
+    k_cache, v_cache, table = paged_cache(lengths_k, 16, 2, 32, dtype, generator)
+    q = _randn(sum(lengths_q), 6, 32, dtype=dtype, generator=generator)
+    cu_q, cu_k = cu_seqlens(lengths_q), cu_seqlens(lengths_k)
+    out = kernels.varlen_attention(q, k_cache, v_cache, cu_q, cu_k, block_table=table, window=window)
+    ref = reference.varlen_attention(q.double(), k_cache.double(), v_cache.double(), cu_q, cu_k,
+                                     block_table=table, window=window)
+    assert_close(out, ref, dtype)
+
+
+def test_varlen_attention_never_reads_tiles_before_the_window() -> None:
+    # One 16-query tile over 100 keys with a window of 20: its first row sees keys 65..84, so the
+    # kernel starts at tile 64; NaN before it would poison the output if it were read.
+    generator = torch.Generator().manual_seed(11)
+    k_cache, v_cache, table = paged_cache([100], 16, 1, 32, torch.float32, generator)
+    q = _randn(16, 2, 32, dtype=torch.float32, generator=generator)
+    cu_q, cu_k = cu_seqlens([16]), cu_seqlens([100])
+    ref = reference.varlen_attention(q.double(), k_cache.double(), v_cache.double(), cu_q, cu_k,
+                                     block_table=table, window=20)
+    for block in table[0, :4].tolist():  # tokens 0..63
+        k_cache[block] = v_cache[block] = float("nan")
+    out = kernels.varlen_attention(q, k_cache, v_cache, cu_q, cu_k, block_table=table, window=20)
+    assert_close(out, ref, torch.float32)
+
+
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), GQA_CASES[:2])
+@pytest.mark.parametrize("num_splits", [1, 3, None])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_paged_decode_attention_window(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                                       num_splits: int | None, window: int) -> None:
+    generator = torch.Generator().manual_seed(window + head_dim)
+    lengths = [1, 15, 16, 17, 67]
+    k_cache, v_cache, table = paged_cache(lengths, 16, num_kv_heads, head_dim, dtype, generator)
+    q = _randn(len(lengths), num_q_heads, head_dim, dtype=dtype, generator=generator)
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    ref = reference.paged_decode_attention(q.double(), k_cache.double(), v_cache.double(), seqlens, table,
+                                           window=window)
+    # What lies before each sequence's window is never read: NaN there changes nothing.
+    for row, length in enumerate(lengths):
+        for position in range(max(0, length - window)):
+            block, offset = divmod(position, 16)
+            k_cache[table[row, block], offset] = v_cache[table[row, block], offset] = float("nan")
+    out = _paged_decode(q, k_cache, v_cache, seqlens, table, softmax_scale=None, window=window, num_splits=num_splits)
+    assert_close(out, ref, dtype)
+
+
+def test_bad_windows_are_refused() -> None:
+    q, kv, cu = torch.randn(5, 4, 16), torch.randn(5, 2, 16), cu_seqlens([2, 3])
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="window must be a positive int or None"):
+            kernels.varlen_attention(q, kv, kv, cu, cu, window=bad)
+        with pytest.raises(ValueError, match="window must be a positive int or None"):
+            reference.paged_decode_attention(q[:2], kv.view(5, 1, 2, 16), kv.view(5, 1, 2, 16),
+                                             torch.ones(2, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.int32),
+                                             window=bad)
+    with pytest.raises(ValueError, match="window needs causal=True"):
+        reference.varlen_attention(q, kv, kv, cu, cu, causal=False, window=4)
 
 
 def test_num_splits_fills_the_gpu_only_when_needed() -> None:
@@ -235,9 +350,9 @@ def test_growing_contexts_launch_one_variant_of_each_decode_kernel(monkeypatch) 
         assert len(set(spy.launches)) == 1, spy.launches
 
 
-# Compiles the decode kernels for sm_90 (Hopper) without a GPU: Triton's own compiler and ptxas
-# behind a stand-in for the CUDA driver, kernels "launched" as warm-ups (compiled, not run).
-SM90_DECODE_COMPILES = r"""
+# Triton's own compiler and ptxas for sm_90 (Hopper) without a GPU: a stand-in for the CUDA
+# driver, kernels "launched" as warm-ups (compiled, not run); each script below starts with this.
+SM90_COMPILE_ONLY = r"""
 import json, torch
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.driver import CudaDriver
@@ -259,14 +374,38 @@ class CompileOnlyDriver(CudaDriver):
 
 
 driver.set_active(CompileOnlyDriver())
+
+
+def compile_only(module, name):  # module.name (a kernel) replaced by its warm-up; returns the kernel
+    kernel = getattr(module, name)
+    setattr(module, name, type("Warmup", (), {"__getitem__": lambda self, grid, k=kernel: (
+        lambda *args, **kwargs: k.warmup(*args, grid=grid, **kwargs))})())
+    return kernel
+"""
+
+
+def _compile_for_sm90(script: str) -> object:
+    """Run SM90_COMPILE_ONLY + script in a fresh interpreter (TRITON_INTERPRET off); its last
+    printed line, parsed as JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    done = subprocess.run([sys.executable, "-c", SM90_COMPILE_ONLY + script], env=env, capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+SM90_DECODE_COMPILES = r"""
 from fastllm.kernels import _runtime, decode_attention
 
 decode_attention.check_launchable = lambda *named: None  # CPU tensors stand for device ones
 decode_attention.num_sms = lambda device: 132
-kernels = {name: getattr(decode_attention, name) for name in ("_paged_decode_kernel", "_merge_splits_kernel")}
-for name, kernel in kernels.items():
-    setattr(decode_attention, name, type("Warmup", (), {"__getitem__": lambda self, grid, k=kernel: (
-        lambda *args, **kwargs: k.warmup(*args, grid=grid, **kwargs))})())
+kernels = {name: compile_only(decode_attention, name) for name in ("_paged_decode_kernel", "_merge_splits_kernel")}
 q = torch.empty(1, 32, 64, dtype=torch.bfloat16)
 cache = torch.empty(1024, 16, 8, 64, dtype=torch.bfloat16)
 counts = []
@@ -282,17 +421,37 @@ print(json.dumps({"per_step": counts, "compiled_variants": _runtime.compiled_var
 
 def test_growing_contexts_compile_each_decode_kernel_once_for_sm90() -> None:
     """The real specialization: Triton's own cache of compiled variants, counted after each step."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    done = subprocess.run([sys.executable, "-c", SM90_DECODE_COMPILES], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    counts = json.loads(done.stdout.splitlines()[-1])
+    counts = _compile_for_sm90(SM90_DECODE_COMPILES)
     once = {"_paged_decode_kernel": 1, "_merge_splits_kernel": 1}
     assert counts["per_step"] == [once] * 5
     assert counts["compiled_variants"] == {f"decode_attention.{name}": n for name, n in once.items()}
+
+
+# The prefill and decode kernels with and without a sliding window, at Gemma 3's head dim and a
+# common one: the window is a constexpr branch, which must compile (and fit) on Hopper too.
+SM90_WINDOW_COMPILES = r"""
+from fastllm.kernels import attention, decode_attention
+
+for module in (attention, decode_attention):
+    module.check_launchable = lambda *named: None
+compile_only(attention, "_varlen_attention_kernel")
+compile_only(decode_attention, "_paged_decode_kernel")
+compile_only(decode_attention, "_merge_splits_kernel")
+decode_attention.num_sms = lambda device: 132
+compiled = []
+for head_dim in (128, 256):
+    q = torch.empty(64, 8, head_dim, dtype=torch.bfloat16)
+    cache = torch.empty(64, 16, 2, head_dim, dtype=torch.bfloat16)
+    table = torch.zeros(2, 8, dtype=torch.int32)
+    cu = torch.tensor([0, 32, 64], dtype=torch.int32)
+    for window in (None, 512):
+        attention.varlen_attention(q, cache, cache, cu, cu, block_table=table, max_seqlen_q=32, window=window)
+        decode_attention.paged_decode_attention(q[:2], cache, cache, torch.ones(2, dtype=torch.int32), table,
+                                                window=window)
+        compiled.append([head_dim, window])
+print(json.dumps(compiled))
+"""
+
+
+def test_sliding_window_kernels_compile_for_sm90() -> None:
+    assert _compile_for_sm90(SM90_WINDOW_COMPILES) == [[128, None], [128, 512], [256, None], [256, 512]]

@@ -31,7 +31,8 @@ TOLERANCE = 2e-6
 ISAS = cpu_quant.available_isas()
 TYPES = cpu_quant.QUANTIZED_TYPES
 # Byte offsets of each block's half-float scales (d, and m / dmin where the type has one).
-SCALE_OFFSETS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q8_0: (0,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+SCALE_OFFSETS = {Q.Q4_0: (0,), Q.Q4_1: (0, 2), Q.Q5_0: (0,), Q.Q5_1: (0, 2), Q.Q8_0: (0,), Q.Q4_K: (0, 2),
+                 Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 # NaN, signaling NaN, +-inf, subnormals, +-0: as IEEE halves and as bfloat16.
 SPECIAL_HALVES = (0x7E00, 0x7C01, 0x7C00, 0xFC00, 0x0001, 0x83FF, 0x0000, 0x8000)
 SPECIAL_BFLOAT16 = (0x7FC0, 0x7F81, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x0000, 0x8000)
@@ -112,7 +113,7 @@ def threads():
 
 
 def test_types_and_isas():
-    assert set(TYPES) == {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K}
+    assert set(TYPES) == {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K}
     assert ISAS[-1] == "generic" and cpu_quant.isa() == ISAS[0]
     assert all(cpu_quant.block_bytes(t, 512) == 512 // GGML_QUANT_SIZES[t][0] * GGML_QUANT_SIZES[t][1] for t in TYPES)
 

@@ -64,6 +64,23 @@ def test_rms_norm(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     assert_close(kernels.rms_norm(x, weight, 1e-5), reference.rms_norm(x.double(), weight.double(), 1e-5), dtype)
 
 
+@pytest.mark.parametrize("op", ["rms_norm", "fused_add_rms_norm"])
+def test_rms_norm_with_a_float32_weight_scales_before_the_cast(op: str) -> None:
+    # Gemma's norms keep 1 + w in float32 and scale before rounding to the activation dtype (HF's order).
+    x = _randn(9, 130, dtype=torch.float16, seed=21, scale=3.0)
+    residual = _randn(9, 130, dtype=torch.float16, seed=22)
+    weight = 1.0 + _randn(130, dtype=torch.float32, seed=23, scale=0.05)
+    args = (x, residual) if op == "fused_add_rms_norm" else (x,)
+    out = getattr(kernels, op)(*args, weight, 1e-6)
+    expected = getattr(reference, op)(*args, weight, 1e-6)
+    out, expected = (out[0], expected[0]) if op == "fused_add_rms_norm" else (out, expected)
+    assert out.dtype == torch.float16
+    summed = (x + residual if op == "fused_add_rms_norm" else x).float()
+    exact = (summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-6) * weight).half()
+    assert torch.equal(expected, exact)  # the twin is HF Gemma's expression
+    torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_add_rms_norm(dtype: torch.dtype) -> None:
     x = _randn(9, 130, dtype=dtype, seed=4)
@@ -90,8 +107,8 @@ def test_rms_norm_strided_rows_and_float32_weight() -> None:
     x = _randn(6, 200, dtype=torch.float16, seed=7)[:, :100]  # row stride 200
     weight = _randn(100, dtype=torch.float32, seed=8)
     out = kernels.rms_norm(x, weight, 1e-5)
-    assert out.dtype == torch.float32  # like PyTorch's promotion of weight * normed
-    assert_close(out, reference.rms_norm(x, weight, 1e-5).to(torch.float32), torch.float32)
+    assert out.dtype == torch.float16  # x's dtype: a float32 weight scales before the cast (HF Gemma)
+    assert_close(out, reference.rms_norm(x.double(), weight.double(), 1e-5), torch.float16)
 
 
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads", "head_dim", "dtype"), [
@@ -117,6 +134,13 @@ def test_rotary_embedding(num_q_heads: int, num_kv_heads: int, head_dim: int, dt
 def test_silu_and_mul(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     x = _randn(*shape, dtype=dtype, seed=12, scale=3.0)
     assert_close(kernels.silu_and_mul(x), reference.silu_and_mul(x.double()), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 2 * 40), (2, 3, 2 * 300)])
+def test_gelu_tanh_and_mul(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    x = _randn(*shape, dtype=dtype, seed=13, scale=3.0)
+    assert_close(kernels.gelu_tanh_and_mul(x), reference.gelu_tanh_and_mul(x.double()), dtype)
 
 
 @pytest.mark.parametrize(("block_size", "dtype"), [(16, torch.float32), (32, torch.float16)])

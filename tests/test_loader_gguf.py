@@ -12,11 +12,12 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
+from benchmarks import make_gguf
 from fastllm.loader import CheckpointError, load_checkpoint
-from fastllm.model.quantized import GGUF_QUANTS_TYPES, dequantize
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.loader.gguf_loader import unpermute_qk
 from fastllm.model import LlamaForCausalLM, get_backend
+from fastllm.model.quantized import GGUF_QUANTS_TYPES, dequantize
 from fastllm.model.rotary import rope_inv_freq
 
 QK_K = 256
@@ -36,22 +37,12 @@ def permute_like_llama_cpp(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 def hf_weights(tied: bool = True, hidden: int = HIDDEN, inter: int = INTER) -> dict[str, np.ndarray]:
     """Random float32 weights of a tiny llama, keyed by GGUF names, in HF's (unpermuted) layout."""
-    q_size, kv_size = hidden, hidden // HEADS * KV_HEADS
-    shapes = {"token_embd.weight": (VOCAB, hidden), "output_norm.weight": (hidden,)}
-    if not tied:
-        shapes["output.weight"] = (VOCAB, hidden)
-    for i in range(LAYERS):
-        shapes.update({
-            f"blk.{i}.attn_norm.weight": (hidden,),
-            f"blk.{i}.attn_q.weight": (q_size, hidden),
-            f"blk.{i}.attn_k.weight": (kv_size, hidden),
-            f"blk.{i}.attn_v.weight": (kv_size, hidden),
-            f"blk.{i}.attn_output.weight": (hidden, q_size),
-            f"blk.{i}.ffn_norm.weight": (hidden,),
-            f"blk.{i}.ffn_gate.weight": (inter, hidden),
-            f"blk.{i}.ffn_up.weight": (inter, hidden),
-            f"blk.{i}.ffn_down.weight": (hidden, inter),
-        })
+    config = make_gguf.tiny_config(
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=hidden // HEADS,
+        rope_scaling=None, tie_word_embeddings=tied,
+    )
+    shapes = make_gguf.tensor_shapes(config)
     return {name: rng.standard_normal(shape).astype(np.float32) * 0.3 for name, shape in shapes.items()}
 
 
@@ -426,7 +417,7 @@ def test_unsupported_version(good_file):
 def test_unknown_architecture(tmp_path):
     path = tmp_path / "gpt2.gguf"
     write_gguf(path, hf_weights(), arch="gpt2")
-    with pytest.raises(CheckpointError, match="gpt2.gguf: unsupported model architecture 'gpt2'; supported: llama"):
+    with pytest.raises(CheckpointError, match="gpt2.gguf: unsupported model architecture 'gpt2'; supported: llama, qwen2, qwen3, gemma3"):
         load_checkpoint(path)
 
 

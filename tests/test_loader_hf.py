@@ -130,7 +130,8 @@ def test_invalid_config_json(folder_copy):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(model_type="mistral", architectures=["MistralForCausalLM"]), "unsupported model: model_type 'mistral'"),
+        (dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "unsupported model: model_type 'gpt2'"),
+        (dict(architectures=["Qwen2ForCausalLM"]), "unsupported model: model_type 'llama', architectures"),
         (dict(attention_bias=True), "attention_bias=true is not supported"),
         (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
         (dict(num_key_value_heads=4), r"num_attention_heads \(6\) must be a multiple of num_key_value_heads \(4\)"),

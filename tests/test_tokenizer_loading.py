@@ -79,7 +79,8 @@ def test_corrupt_gguf_files(tmp_path, llama_bpe_gguf: str) -> None:
     ("fields", "message"),
     [
         ({"pre": "bert-ish"}, "unsupported tokenizer.ggml.pre 'bert-ish'"),
-        ({"model": "llama"}, "only byte-level BPE"),
+        ({"model": "bert"}, "unsupported tokenizer.ggml.model 'bert': supported are 'gpt2' .* and 'llama'"),
+        ({"model": "llama"}, "no 'tokenizer.ggml.scores'"),  # SentencePiece: scores rank its merges
         ({"tokens": False}, "no 'tokenizer.ggml.tokens'"),
         ({"merges": False}, "no 'tokenizer.ggml.merges'"),
     ],
@@ -97,7 +98,7 @@ def test_unsupported_pre_tokenizer_override() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s: s.update(normalizer={"type": "NFC"}), "unsupported normalizer 'NFC'"),
+        (lambda s: s.update(normalizer={"type": "NFKC"}), "unsupported normalizer 'NFKC'"),
         (lambda s: s["pre_tokenizer"].update(add_prefix_space=True), "unsupported pre_tokenizer"),
         (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "unsupported pre_tokenizer"),
         (lambda s: s["model"].update(type="WordPiece"), "only BPE"),
@@ -139,3 +140,21 @@ def test_unknown_token_for_bytes_without_tokens(tmp_path, fuse: bool) -> None:
     reference = HFTokenizer.from_file(str(path))
     text = "a\x04\x06b \x04\x04\x13!"  # SmolLM2 has no tokens for these control bytes
     assert Tokenizer.from_file(path).encode(text) == reference.encode(text, add_special_tokens=False).ids
+
+
+def test_qwen2_gguf_and_nfc_tokenizer_json(tmp_path) -> None:
+    """Qwen2 / Qwen3: GGUF `tokenizer.ggml.pre` "qwen2" (one digit per piece), and their tokenizer.json,
+    whose NFC normalizer composes "e" + U+0301 into "é" before splitting."""
+    from tokenizers import normalizers
+
+    tokenizer = Tokenizer.from_gguf(write_gguf(tmp_path / "qwen2.gguf", pre="qwen2"))
+    text = "HE'S got 12345 apples,\n\n  they'RE sure. <|im_start|>"
+    assert tokenizer.pre_tokenizer == "qwen2" and tokenizer.encode(text) == reference_encode("qwen2", text)
+    reference = HFTokenizer.from_str(hf_reference("qwen2").to_str())
+    reference.normalizer = normalizers.NFC()
+    path = tmp_path / "tokenizer.json"
+    reference.save(str(path))
+    loaded = Tokenizer.from_file(path)
+    for text in ("cafe\u0301 na\u0131\u0308ve 12\u0301", "<|im_start|>e\u0301<|im_end|>", "plain"):
+        assert loaded.encode(text) == reference.encode(text, add_special_tokens=False).ids
+        assert loaded.encode_batch([text]) == [loaded.encode(text)]

@@ -19,7 +19,10 @@ from fastllm.loader.default_model import default_model_path
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-MODES = ("smollm", "gpt2", "llama-bpe")
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+MODES = ("smollm", "gpt2", "llama-bpe", "qwen2")
 CONTROL = 3  # GGUF token type of special tokens
 
 
@@ -64,10 +67,11 @@ def hf_pre_tokenizer(mode: str) -> pre_tokenizers.PreTokenizer:
         return pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
         )
-    if mode == "llama-bpe":  # Llama-3's tokenizer.json
+    if mode in ("llama-bpe", "qwen2"):  # Llama-3's and Qwen2's tokenizer.json
         return pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.Split(Regex(LLAMA3_PATTERN if mode == "llama-bpe" else QWEN2_PATTERN),
+                                     behavior="isolated", invert=False),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )

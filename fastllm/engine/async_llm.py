@@ -131,7 +131,7 @@ class AsyncLLM:
         # Built in the engine thread, which then alone runs the CPU kernels: their OpenMP threads
         # serve one caller. Kernels run from a second thread after the first had run them (at
         # load) measured about half as fast on a 2-core CPU (the OpenMP workers stop spinning).
-        self._start(lambda: LLMEngine.from_config(config), max_waiting_requests)
+        self._start(lambda: LLMEngine.from_config(config), max_waiting_requests, owns_engine=True)
 
     @classmethod
     def from_engine(cls, engine: LLMEngine, *, max_waiting_requests: int | None = None) -> AsyncLLM:
@@ -141,18 +141,20 @@ class AsyncLLM:
         if not isinstance(engine, LLMEngine):
             raise TypeError(f"engine must be an LLMEngine, got {type(engine).__name__}")
         llm = cls.__new__(cls)
-        llm._start(lambda: engine, max_waiting_requests)
+        llm._start(lambda: engine, max_waiting_requests, owns_engine=False)
         return llm
 
-    def _start(self, make_engine: Callable[[], LLMEngine], max_waiting_requests: int | None) -> None:
+    def _start(self, make_engine: Callable[[], LLMEngine], max_waiting_requests: int | None, *, owns_engine: bool) -> None:
         """Start the engine thread, which builds the engine with `make_engine`; returns once it is
-        built (re-raising what building it raised)."""
+        built (re-raising what building it raised). An engine it owns is closed at shutdown
+        (the ranks of a tensor-parallel model stop)."""
         if max_waiting_requests is not None and (
             not isinstance(max_waiting_requests, int) or isinstance(max_waiting_requests, bool)
             or max_waiting_requests < 0
         ):
             raise ValueError(f"max_waiting_requests must be an int >= 0 or None, got {max_waiting_requests!r}")
         self.max_waiting_requests = max_waiting_requests
+        self._owns_engine = owns_engine
         self._commands: list[Callable[[], None]] = []
         self._wakeup = threading.Condition()
         self._closed = False
@@ -288,6 +290,8 @@ class AsyncLLM:
             if closed:
                 self._end_all(EngineClosedError("the AsyncLLM was shut down before this request finished"))
                 self._stats = engine.stats()
+                if self._owns_engine:
+                    engine.close()
                 return
             if engine.has_unfinished_requests():
                 try:

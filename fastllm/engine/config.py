@@ -33,7 +33,7 @@ class EngineConfig:
             RMSNorm and rotary).
         block_size: tokens per KV cache block (a power of two).
         num_kv_blocks: KV pool size in blocks; None = sized from memory: `gpu_memory_utilization`
-            of the free GPU memory, or 1 GiB on CPU.
+            of the free GPU memory, or 1 GiB on CPU (shared by the tensor-parallel ranks).
         max_num_seqs: most sequences running together.
         max_num_batched_tokens: most tokens per model step; None = 4096. A step holds one decode
             token of every running sequence first, then prompt chunks up to this budget (longer
@@ -47,6 +47,11 @@ class EngineConfig:
             pure decode steps replay graphs captured at start-up for batch sizes 1, 2, 4, 8, 16, ...
             up to the largest decode batch, min(max_num_seqs, max_num_batched_tokens) (no Python
             or kernel-launch overhead per step; their memory is held back from the KV pool).
+        tensor_parallel_size: ranks the model is split over (Megatron-style: attention heads and
+            MLP features, vocabulary for the embedding and lm_head), one process each: this one
+            and N-1 it spawns; on CUDA one device per rank (NCCL), on a CPU processes sharing its
+            cores (gloo). It must divide the query heads, and divide the KV heads or be a multiple
+            of them (KV heads are then replicated).
     """
 
     model: str | os.PathLike | None = None
@@ -61,6 +66,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool = False
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         _positive_int("block_size", self.block_size)
@@ -70,6 +76,7 @@ class EngineConfig:
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("max_num_batched_tokens", self.max_num_batched_tokens, optional=True)
         _positive_int("max_model_len", self.max_model_len, optional=True)
+        _positive_int("tensor_parallel_size", self.tensor_parallel_size)
         for name in ("enable_prefix_caching", "enforce_eager"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fastllm.engine.block_manager import BlockManager
 from fastllm.engine.config import EngineConfig
@@ -27,11 +30,14 @@ from fastllm.engine.sampler import Sampler
 from fastllm.engine.sampling_params import SamplingParams
 from fastllm.engine.scheduler import Scheduler
 from fastllm.engine.sequence import Sequence, SequenceStatus
+from fastllm.engine.step_inputs import StepInputs
 from fastllm.loader.prompt_format import PromptFormat
 from fastllm.model.backend import get_backend, resolve_backend
 from fastllm.model.llama import LlamaForCausalLM
 
 if TYPE_CHECKING:
+    from fastllm.distributed.group import TensorParallelGroup
+    from fastllm.distributed.launch import ParallelRanks
     from fastllm.tokenizer import Tokenizer
 
 
@@ -44,11 +50,56 @@ def _fallback_prompt_format(tokenizer: Any, model: LlamaForCausalLM) -> PromptFo
     )
 
 
+def engine_max_model_len(config: EngineConfig, model: LlamaForCausalLM) -> int:
+    """`config.max_model_len`, checked against the model's positions; None = the model's."""
+    max_positions = model.config.max_position_embeddings
+    if config.max_model_len is not None and config.max_model_len > max_positions:
+        raise ValueError(f"max_model_len ({config.max_model_len}) must be <= the model's max_position_embeddings ({max_positions})")
+    return config.max_model_len or max_positions
+
+
+def build_model_runner(
+    model: LlamaForCausalLM,
+    config: EngineConfig,
+    max_model_len: int,
+    sampler: Sampler | None,
+    *,
+    group: TensorParallelGroup | None = None,
+    step_sink: Callable[[StepInputs], None] | None = None,
+) -> ModelRunner:
+    """The model's runner: its KV pool sized from memory (what a step needs besides the pool held
+    back; on a tensor-parallel group the smallest of every rank's size), CUDA graphs captured.
+
+    Every rank of a group runs this with the same arguments, in step: the sizing's dummy steps and
+    the graph captures run the model's collectives.
+    """
+    budget = config.token_budget
+    max_decode_batch = min(config.max_num_seqs, budget)  # the scheduler's cap on running sequences
+    graph_batch = max_decode_batch if supports_cuda_graphs(model) and not config.enforce_eager else None
+
+    def reserve() -> int:
+        return step_memory_reserve(
+            model, block_size=config.block_size, max_prefill_tokens=budget, max_model_len=max_model_len,
+            max_sampled_rows=max_decode_batch, graph_batch_size=graph_batch,
+            graph_blocks_per_seq=graph_blocks_per_seq(max_model_len, config.block_size),
+        )
+
+    num_blocks = num_kv_blocks(config, model, reserve)
+    if group is not None:
+        num_blocks = group.min_int(num_blocks)
+    return ModelRunner(
+        model, sampler, num_blocks=num_blocks, block_size=config.block_size, cuda_graph_max_batch=graph_batch,
+        max_model_len=max_model_len, step_sink=step_sink,
+    )
+
+
 class LLMEngine:
     """The engine over a built model and its tokenizer; `LLMEngine.from_config` loads both.
 
     prompt_format: BOS, EOS ids and chat template (`fastllm.loader.load` reads them from the model
     files); None = no BOS, the tokenizer's and the model config's EOS, the tokenizer's template.
+    ranks: the other ranks of a tensor-parallel model (rank 0's model is `model`), which run every
+    step with it; `close()` stops them.
     """
 
     def __init__(
@@ -57,43 +108,31 @@ class LLMEngine:
         tokenizer: Tokenizer,
         config: EngineConfig,
         prompt_format: PromptFormat | None = None,
+        ranks: ParallelRanks | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.model_config = model.config
         self.tokenizer = tokenizer
         prompt_format = prompt_format or _fallback_prompt_format(tokenizer, model)
-        vocab_size = self.model_config.vocab_size
+        vocab_size = model.vocab_size
         self.eos_token_ids = tuple(i for i in prompt_format.eos_token_ids if i < vocab_size)
 
-        max_positions = self.model_config.max_position_embeddings
-        if config.max_model_len is not None and config.max_model_len > max_positions:
-            raise ValueError(
-                f"max_model_len ({config.max_model_len}) must be <= the model's max_position_embeddings ({max_positions})"
-            )
-        self.max_model_len = config.max_model_len or max_positions
+        self.max_model_len = engine_max_model_len(config, model)
         self.block_size = config.block_size
-        budget = config.token_budget
-        max_decode_batch = min(config.max_num_seqs, budget)  # the scheduler's cap on running sequences
-        self.uses_cuda_graphs = supports_cuda_graphs(model) and not config.enforce_eager
-        graph_batch = max_decode_batch if self.uses_cuda_graphs else None
-
-        def reserve() -> int:
-            return step_memory_reserve(
-                model, block_size=config.block_size, max_prefill_tokens=budget, max_model_len=self.max_model_len,
-                max_sampled_rows=max_decode_batch, graph_batch_size=graph_batch,
-                graph_blocks_per_seq=graph_blocks_per_seq(self.max_model_len, config.block_size),
-            )
-
-        self.num_kv_blocks = num_kv_blocks(config, model, reserve)
+        self.ranks = ranks
+        self.sampler = Sampler(model.backend, self.eos_token_ids, num_text_tokens=tokenizer.vocab_size)
+        self.runner = build_model_runner(
+            model, config, self.max_model_len, self.sampler, group=None if ranks is None else ranks.group,
+            step_sink=None if ranks is None else ranks.send_step,
+        )
+        self.num_kv_blocks = self.runner.num_blocks
+        self.uses_cuda_graphs = self.runner.decode_graphs is not None
         self.block_manager = BlockManager(
             self.num_kv_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(self.block_manager, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget)
-        self.sampler = Sampler(model.backend, self.eos_token_ids, num_text_tokens=tokenizer.vocab_size)
-        self.runner = ModelRunner(
-            model, self.sampler, num_blocks=self.num_kv_blocks, block_size=config.block_size,
-            cuda_graph_max_batch=graph_batch, max_model_len=self.max_model_len,
+        self.scheduler = Scheduler(
+            self.block_manager, max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.token_budget
         )
         self.processor = InputProcessor(
             tokenizer, prompt_format, vocab_size=vocab_size, max_model_len=self.max_model_len,
@@ -104,7 +143,8 @@ class LLMEngine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
-        """Resolve device, dtype and backend, load the model files in one pass, build the engine."""
+        """Resolve device, dtype and backend, load the model files in one pass, build the engine
+        (with `tensor_parallel_size` > 1: start the other ranks, each loading its own part)."""
         # Imported here: the engine core needs neither the loaders nor the C++ tokenizer.
         from fastllm.loader import load
         from fastllm.model import load_model
@@ -114,9 +154,32 @@ class LLMEngine:
         dtype = resolve_dtype(config.dtype, device)
         backend = get_backend(resolve_backend(config.backend, device))
         # GGUF matrices the model reads encoded stay in the file's memory mapping.
-        files = load(config.model, keep_encoded=encoded_types(backend.name, device, dtype))
-        model = load_model(files.checkpoint, dtype=dtype, device=device, backend=backend)
-        return cls(model, files.tokenizer, config, files.prompt_format)
+        keep_encoded = encoded_types(backend.name, device, dtype)
+        if config.tensor_parallel_size == 1:
+            files = load(config.model, keep_encoded=keep_encoded)
+            model = load_model(files.checkpoint, dtype=dtype, device=device, backend=backend)
+            return cls(model, files.tokenizer, config, files.prompt_format)
+
+        from fastllm.distributed.launch import ParallelRanks, Placement, launched_externally
+
+        size = config.tensor_parallel_size
+        placement = Placement.resolve(config, ranks_on_this_host=1 if launched_externally(size) else size)
+        files = load(config.model, keep_encoded=keep_encoded, shard=placement.shard_for(0, size))
+        torch.set_num_threads(placement.threads)
+        ranks = ParallelRanks.start(config, placement)
+        try:
+            model = load_model(files.checkpoint, dtype=dtype, device=ranks.group.device, backend=backend,
+                               group=ranks.group)
+            ranks.wait_loaded()
+            return cls(model, files.tokenizer, config, files.prompt_format, ranks=ranks)
+        except BaseException:
+            ranks.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the other tensor-parallel ranks (nothing to do on one rank); the engine cannot step after."""
+        if self.ranks is not None:
+            self.ranks.close()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -206,7 +269,12 @@ class LLMEngine:
                 # Unreachable by construction (admission checks + preemption); fail loudly, never spin.
                 raise RuntimeError(f"scheduler made no progress with {len(self.scheduler.waiting)} waiting requests")
             return []
-        output = self.runner.run(batch)
+        try:
+            output = self.runner.run(batch)
+        except RuntimeError as error:
+            if self.ranks is None:
+                raise
+            raise self.ranks.failure("a tensor-parallel step failed") from error
         self.scheduler.update_after_step(batch)
         now = time.perf_counter()
         advanced: dict[str, Request] = {}

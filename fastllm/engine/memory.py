@@ -108,7 +108,8 @@ def num_kv_blocks(config: EngineConfig, model: LlamaForCausalLM, reserve: Callab
     """The pool size: `config.num_kv_blocks` if given, else the memory budget divided by the bytes per block.
 
     On CUDA the budget is `gpu_memory_utilization` of the free memory less `reserve()` (see
-    `step_memory_reserve`), called only when the pool is sized here.
+    `step_memory_reserve`), called only when the pool is sized here. On a CPU it is
+    `CPU_KV_CACHE_BYTES` for the whole model: tensor-parallel ranks share the host's memory.
     """
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
@@ -119,7 +120,7 @@ def num_kv_blocks(config: EngineConfig, model: LlamaForCausalLM, reserve: Callab
         free, _total = torch.cuda.mem_get_info(model.device)
         budget = int(free * config.gpu_memory_utilization) - reserved
     else:
-        budget = CPU_KV_CACHE_BYTES
+        budget = CPU_KV_CACHE_BYTES // config.tensor_parallel_size
     blocks = budget // per_block
     if blocks < 1:
         raise ValueError(

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import mmap
+from collections.abc import Callable
 
 import torch
 
 from fastllm.engine.cuda_graphs import DecodeGraphs, graph_blocks_per_seq
 from fastllm.engine.sampler import Sampler, SamplerOutput
 from fastllm.engine.scheduler import ScheduledBatch
-from fastllm.engine.sequence import Sequence
+from fastllm.engine.step_inputs import StepInputs
 from fastllm.model.backend import AttentionMetadata
 from fastllm.model.config import ModelConfig
 from fastllm.model.llama import LlamaForCausalLM
@@ -63,21 +64,26 @@ class ModelRunner:
     cuda_graph_max_batch: capture decode CUDA graphs for batches of up to this many sequences
     (the model must be on CUDA with a graph-safe backend: see `supports_cuda_graphs`);
     max_model_len bounds the graphs' block tables. None = every step runs eagerly.
+    step_sink: on rank 0 of a tensor-parallel group, sends each step to the other ranks (whose
+    runners, without a sampler, only call `forward`) before running it here.
     """
 
     def __init__(
         self,
         model: LlamaForCausalLM,
-        sampler: Sampler,
+        sampler: Sampler | None,
         *,
         num_blocks: int,
         block_size: int,
         cuda_graph_max_batch: int | None = None,
         max_model_len: int | None = None,
+        step_sink: Callable[[StepInputs], None] | None = None,
     ) -> None:
         config = model.config
         self.model = model
         self.sampler = sampler
+        self.step_sink = step_sink
+        self.num_blocks = num_blocks
         self.block_size = block_size
         self.device = model.device
         shape = (config.num_hidden_layers, 2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
@@ -96,67 +102,76 @@ class ModelRunner:
             return torch.tensor(data, dtype=dtype)
         return torch.tensor(data, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
 
-    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int] | None]:
+    def _prepare(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int] | None]:
         """input_ids, positions, metadata and the rows to sample (None: every row) of a step.
 
         Rows are the decode tokens first, then the prefill chunks packed back to back; a step with
         both is a prefill step whose first `num_decode_tokens` rows decode (see AttentionMetadata).
         """
         size = self.block_size
-        input_ids = [seq.token_ids[-1] for seq in batch.decode_seqs]
-        positions = [seq.num_tokens - 1 for seq in batch.decode_seqs]
-        slots = [seq.block_table[p // size] * size + p % size for seq, p in zip(batch.decode_seqs, positions)]
+        input_ids = list(step.decode_token_ids)
+        positions = list(step.decode_positions)
+        slots = [table[p // size] * size + p % size for table, p in zip(step.decode_block_tables, positions)]
         context_lens = [p + 1 for p in positions]
         num_decode = len(input_ids)
         cu_q, cu_k = [0], [0]
         sample_rows = list(range(num_decode))
         attends_to_cache = num_decode > 0
-        for seq, count, samples in zip(batch.prefill_seqs, batch.prefill_counts, batch.prefill_samples):
-            start = seq.num_computed_tokens
+        for chunk in step.prefill_chunks:
+            start, count = chunk.start, len(chunk.token_ids)
             end = start + count
-            input_ids.extend(seq.token_ids[start:end])
+            input_ids.extend(chunk.token_ids)
             positions.extend(range(start, end))
-            slots.extend(slots_of(seq.block_table, start, end, size))
+            slots.extend(slots_of(chunk.block_table, start, end, size))
             cu_q.append(cu_q[-1] + count)
             cu_k.append(cu_k[-1] + end)
             attends_to_cache |= start > 0
-            if samples:
+            if chunk.samples:
                 sample_rows.append(num_decode + cu_q[-1] - 1)
-        prefill = bool(batch.prefill_seqs)
+        prefill = not step.is_decode_only
         meta = AttentionMetadata(
             is_prefill=prefill,
             slot_mapping=self._tensor(slots, torch.int64),
             cu_seqlens_q=self._tensor(cu_q, torch.int32) if prefill else None,
             cu_seqlens_k=self._tensor(cu_k, torch.int32) if prefill else None,
-            max_seqlen_q=max(batch.prefill_counts, default=0),
+            max_seqlen_q=max((b - a for a, b in zip(cu_q, cu_q[1:])), default=0),
             max_seqlen_k=max((b - a for a, b in zip(cu_k, cu_k[1:])), default=0),
             context_lens=self._tensor(context_lens, torch.int32) if num_decode else None,
-            block_tables=self._block_tables(batch.seqs) if attends_to_cache else None,
+            block_tables=self._block_tables(step.block_tables) if attends_to_cache else None,
             num_decode_tokens=num_decode if prefill else 0,
         )
         rows = None if len(sample_rows) == len(input_ids) else sample_rows
         return self._tensor(input_ids, torch.int64), self._tensor(positions, torch.int64), meta, rows
 
-    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _block_tables(self, tables: list[list[int]]) -> torch.Tensor:
         # Rows padded with block 0: padding is never read unmasked.
-        width = max(len(seq.block_table) for seq in seqs)
-        return self._tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs], torch.int32)
+        width = max(len(table) for table in tables)
+        return self._tensor([table + [0] * (width - len(table)) for table in tables], torch.int32)
+
+    @torch.inference_mode()
+    def forward(self, step: StepInputs) -> torch.Tensor | None:
+        """The logits of the rows `step` samples (decode rows, then the prompts it completes), or
+        None when it samples none."""
+        graphs = self.decode_graphs
+        if step.is_decode_only and graphs is not None and graphs.fits(step.decode_block_tables):
+            hidden = graphs.run(step.decode_token_ids, step.decode_positions, step.decode_block_tables)
+            sample_rows = None
+        else:
+            input_ids, positions, meta, sample_rows = self._prepare(step)
+            hidden = self.model(input_ids, positions, meta, self.kv_cache)
+        if sample_rows == []:
+            return None
+        if sample_rows is not None:
+            hidden = hidden[self._tensor(sample_rows, torch.int64)]
+        return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> SamplerOutput:
         """Run one step; returns the sampled tokens of `batch.sampled_seqs`, in that order."""
-        graphs = self.decode_graphs
-        tables = [seq.block_table for seq in batch.decode_seqs]
-        if batch.is_decode_only and graphs is not None and graphs.fits(tables):
-            seqs = batch.decode_seqs
-            hidden = graphs.run([seq.token_ids[-1] for seq in seqs], [seq.num_tokens - 1 for seq in seqs], tables)
-            sample_rows = None
-        else:
-            input_ids, positions, meta, sample_rows = self._prepare(batch)
-            hidden = self.model(input_ids, positions, meta, self.kv_cache)
-        sampling = batch.sampled_seqs
-        if not sampling:
+        step = StepInputs.from_batch(batch)
+        if self.step_sink is not None:
+            self.step_sink(step)
+        logits = self.forward(step)
+        if logits is None:
             return SamplerOutput([], [])
-        if sample_rows is not None:
-            hidden = hidden[self._tensor(sample_rows, torch.int64)]
-        return self.sampler(self.model.compute_logits(hidden), sampling)
+        return self.sampler(logits, batch.sampled_seqs)

@@ -8,10 +8,10 @@ launching does, or TRITON_INTERPRET=1 set before the import, which runs the kern
     softmax(x, dim=-1)
     rms_norm(x, weight, eps) / fused_add_rms_norm(x, residual, weight, eps)
     rotary_embedding(q, k, positions, cos_cache, sin_cache)
-    silu_and_mul(x)
+    silu_and_mul(x) / gelu_tanh_and_mul(x)
     store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
-    varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal, softmax_scale, block_table, ...)
-    paged_decode_attention(q, k_cache, v_cache, cache_seqlens, block_table, *, softmax_scale)
+    varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal, softmax_scale, block_table, ..., window)
+    paged_decode_attention(q, k_cache, v_cache, cache_seqlens, block_table, *, softmax_scale, window)
     sample(logits, temperature, top_k, top_p, min_p, seeds)
 """
 
@@ -24,6 +24,7 @@ from fastllm._lazy import lazy_exports
 # module is named like a function here: importing it would bind its name to the module.
 _EXPORTS = {
     "fused_add_rms_norm": "fastllm.kernels.norm",
+    "gelu_tanh_and_mul": "fastllm.kernels.activation",
     "paged_decode_attention": "fastllm.kernels.decode_attention",
     "rms_norm": "fastllm.kernels.norm",
     "rotary_embedding": "fastllm.kernels.rotary",

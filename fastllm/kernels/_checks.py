@@ -73,6 +73,17 @@ def check_softmax_scale(softmax_scale: float | None, head_dim: int) -> float:
     return float(softmax_scale)
 
 
+def check_window(window: int | None, causal: bool = True) -> int | None:
+    """A sliding window: None (off) or the number of keys a query sees at most, itself included."""
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int or None, got {window!r}")
+    if not causal:
+        raise ValueError("window needs causal=True (a sliding window looks back from each query)")
+    return window
+
+
 def check_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None) -> None:
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() == 0:

@@ -1,4 +1,8 @@
-"""SwiGLU activation fused with its multiply: [..., 2I] = [gate | up] -> silu(gate) * up."""
+"""Gated activations fused with their multiply: [..., 2I] = [gate | up] -> act(gate) * up.
+
+SwiGLU (silu) for Llama-family models, GeGLU (tanh-approximated gelu) for Gemma; one kernel, the
+activation a compile-time switch.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,39 @@ from fastllm.kernels._runtime import INTERPRETER, as_rows, check_launchable, nex
 _MAX_BLOCK = 256 if INTERPRETER else 2048
 
 
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, BLOCK: tl.constexpr):
+def _gated_kernel(x_ptr, out_ptr, n_cols, stride_x, GELU: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0)
+    if GELU:
+        # 0.5 g (1 + tanh(u)) written as g * sigmoid(2u): no tanh in Triton, and no cancellation
+        # where tanh(u) ~ -1.
+        inner = 2.0 * _SQRT_2_OVER_PI * (gate + 0.044715 * gate * gate * gate)
+        activated = gate / (1.0 + tl.exp(-inner))
+    else:
+        activated = gate / (1.0 + tl.exp(-gate))
     # Rounded twice, like PyTorch's `F.silu(gate) * up` in the activation dtype.
-    activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype).to(tl.float32)
+    activated = activated.to(up.dtype).to(tl.float32)
     tl.store(out_ptr + row * n_cols + cols, (activated * up.to(tl.float32)).to(up.dtype), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]."""
+    return _gated(x, gelu=False)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU activation (Gemma): x is [..., 2 * I] = [gate | up]; returns gelu_tanh(gate) * up, [..., I]."""
+    return _gated(x, gelu=True)
+
+
+def _gated(x: torch.Tensor, *, gelu: bool) -> torch.Tensor:
     check_silu_and_mul(x)
     check_launchable(("x", x))
     n_cols = x.shape[-1] // 2
@@ -36,5 +59,5 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = min(next_power_of_2(n_cols), _MAX_BLOCK)
     num_warps = 1 if INTERPRETER else min(8, max(1, block // 256))
     grid = (rows.shape[0], triton.cdiv(n_cols, block))
-    _silu_and_mul_kernel[grid](rows, out, n_cols, rows.stride(0), BLOCK=block, num_warps=num_warps)
+    _gated_kernel[grid](rows, out, n_cols, rows.stride(0), GELU=gelu, BLOCK=block, num_warps=num_warps)
     return out

@@ -5,7 +5,9 @@ queries of one head of one sequence and streams that sequence's keys and values 
 tiles with an online softmax, so scores never touch memory. Keys come either packed like the
 queries or from the paged KV cache through the sequence's block-table row (prefix-cache hits,
 chunked prefill). The causal mask is aligned bottom-right; tiles entirely below the diagonal
-skip the mask arithmetic, and tiles entirely above it are never visited.
+skip the mask arithmetic, and tiles entirely above it are never visited. With a sliding window,
+tiles entirely before every row's window are never visited either, and those across its lower
+edge are masked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fastllm.kernels._checks import (
     check_cu_seqlens,
     check_softmax_scale,
     check_varlen_attention,
+    check_window,
 )
 from fastllm.kernels._runtime import (
     DOT_PRECISION,
@@ -33,19 +36,46 @@ from fastllm.kernels._runtime import (
 )
 
 
+@triton.jit
+def _attend_tile(
+    q, acc, row_max, row_sum, start, offs_m, offs_d, d_ok, diag, window, end,
+    k_head, v_head, table_row, k_start, stride_kb, stride_kt, stride_vb, stride_vt, scale_log2,
+    BLOCK_N: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr, PAGED: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Fold the keys start .. start + BLOCK_N into the online softmax: MASKED tiles check every
+    key against the end, the causal diagonal and the window; the others are seen by every row."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    valid = offs_n < end
+    block, row = kv_rows(table_row, k_start, offs_n, valid, KV_BLOCK_SIZE, PAGED)
+    kv_mask = (valid[:, None] & d_ok) if MASKED else d_ok
+    k = tl.load(k_head + (block * stride_kb + row * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_head + (block * stride_vb + row * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    if MASKED:
+        visible = valid[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= offs_m[:, None] + diag)
+        if SLIDING:
+            visible = visible & (offs_n[None, :] > offs_m[:, None] + diag - window)
+        scores = tl.where(visible, scores, float("-inf"))
+    return online_softmax_update(scores, v, acc, row_max, row_sum, DOT_PRECISION)
+
+
 # kv_capacity (the packed key count without a block table) and the block table's row stride
-# (its width) change from step to step: specializing on them would recompile mid-run.
-@triton.jit(do_not_specialize=["kv_capacity", "stride_block_table"])
+# (its width) change from step to step: specializing on them would recompile mid-run. The window
+# is a model constant; SLIDING tells the kinds of layers apart.
+@triton.jit(do_not_specialize=["kv_capacity", "window", "stride_block_table"])
 def _varlen_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, block_table_ptr,
-    scale_log2, kv_capacity,
+    scale_log2, kv_capacity, window,
     stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ot, stride_oh, stride_block_table,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr, PAGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, SLIDING: tl.constexpr, PAGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     head = tl.program_id(1)
@@ -67,11 +97,13 @@ def _varlen_attention_kernel(
             mask=(offs_m[:, None] < q_len) & d_ok, other=0.0,
         )
 
-        # Query i sees keys j <= i + diag (bottom-right alignment); every row of this tile sees
-        # the keys before `full_end`, and no row sees those from `end` on.
+        # Query i sees keys j <= i + diag (bottom-right alignment), and with a sliding window
+        # only those with j > i + diag - window. Tiles from `start` on hold keys some row of this
+        # tile sees; every row sees the keys from `full_start` to `full_end`; no row sees those
+        # from `end` on. Tiles outside [full_start, full_end) are masked.
         diag = k_len - q_len
+        last_row = tl.minimum(m_block * BLOCK_M + BLOCK_M, q_len) - 1
         if CAUSAL:
-            last_row = tl.minimum(m_block * BLOCK_M + BLOCK_M, q_len) - 1
             full_end = tl.maximum(m_block * BLOCK_M + diag + 1, 0)
             end = tl.minimum(tl.maximum(last_row + diag + 1, 0), k_len)
         else:
@@ -79,6 +111,12 @@ def _varlen_attention_kernel(
             end = k_len
         end = tl.minimum(end, kv_capacity)
         full_end = tl.minimum(full_end, end) // BLOCK_N * BLOCK_N
+        start = 0
+        full_start = 0
+        if SLIDING:
+            start = tl.maximum(m_block * BLOCK_M + diag - window + 1, 0) // BLOCK_N * BLOCK_N
+            window_full = tl.cdiv(tl.maximum(last_row + diag - window + 1, 0), BLOCK_N) * BLOCK_N
+            full_start = tl.minimum(tl.maximum(window_full, start), full_end)
 
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -87,27 +125,24 @@ def _varlen_attention_kernel(
         k_head = k_ptr + kv_head * stride_kh
         v_head = v_ptr + kv_head * stride_vh
 
-        for start in range(0, full_end, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            block, row = kv_rows(table_row, k_start, offs_n, offs_n < end, KV_BLOCK_SIZE, PAGED)
-            k = tl.load(k_head + (block * stride_kb + row * stride_kt)[:, None] + offs_d[None, :], mask=d_ok, other=0.0)
-            v = tl.load(v_head + (block * stride_vb + row * stride_vt)[:, None] + offs_d[None, :], mask=d_ok, other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-            acc, row_max, row_sum = online_softmax_update(scores, v, acc, row_max, row_sum, DOT_PRECISION)
-
-        for start in range(full_end, end, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            valid = offs_n < end
-            block, row = kv_rows(table_row, k_start, offs_n, valid, KV_BLOCK_SIZE, PAGED)
-            kv_mask = valid[:, None] & d_ok
-            k = tl.load(k_head + (block * stride_kb + row * stride_kt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(v_head + (block * stride_vb + row * stride_vt)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-            visible = valid[None, :]
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None] + diag)
-            scores = tl.where(visible, scores, float("-inf"))
-            acc, row_max, row_sum = online_softmax_update(scores, v, acc, row_max, row_sum, DOT_PRECISION)
+        for tile in range(start, full_start, BLOCK_N):  # the window's lower edge
+            acc, row_max, row_sum = _attend_tile(
+                q, acc, row_max, row_sum, tile, offs_m, offs_d, d_ok, diag, window, end,
+                k_head, v_head, table_row, k_start, stride_kb, stride_kt, stride_vb, stride_vt, scale_log2,
+                BLOCK_N, KV_BLOCK_SIZE, PAGED, True, CAUSAL, SLIDING, DOT_PRECISION,
+            )
+        for tile in range(full_start, full_end, BLOCK_N):
+            acc, row_max, row_sum = _attend_tile(
+                q, acc, row_max, row_sum, tile, offs_m, offs_d, d_ok, diag, window, end,
+                k_head, v_head, table_row, k_start, stride_kb, stride_kt, stride_vb, stride_vt, scale_log2,
+                BLOCK_N, KV_BLOCK_SIZE, PAGED, False, CAUSAL, SLIDING, DOT_PRECISION,
+            )
+        for tile in range(full_end, end, BLOCK_N):  # the causal diagonal and the sequence's end
+            acc, row_max, row_sum = _attend_tile(
+                q, acc, row_max, row_sum, tile, offs_m, offs_d, d_ok, diag, window, end,
+                k_head, v_head, table_row, k_start, stride_kb, stride_kt, stride_vb, stride_vt, scale_log2,
+                BLOCK_N, KV_BLOCK_SIZE, PAGED, True, CAUSAL, SLIDING, DOT_PRECISION,
+            )
 
         # Queries that see no key at all (only when q_len > k_len) produce zeros, like flash-attention.
         out = acc / tl.where(row_sum == 0.0, 1.0, row_sum)[:, None]
@@ -161,6 +196,7 @@ def varlen_attention(
     block_table: torch.Tensor | None = None,
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention over packed variable-length sequences (flash-attention's varlen conventions).
 
@@ -168,7 +204,8 @@ def varlen_attention(
     caches [num_blocks, block_size, Hkv, D]; cu_seqlens_q/k: int32 [B + 1] cumulative lengths
     starting at 0 (with a block table, cu_seqlens_k's differences are each sequence's cached
     length, new tokens included). GQA when Hq is a multiple of Hkv. Causal masking is aligned
-    bottom-right: query i of a sequence with lq queries and lk keys sees keys j <= i + lk - lq.
+    bottom-right: query i of a sequence with lq queries and lk keys sees keys j <= i + lk - lq;
+    with a `window` (causal only) just the last `window` of them, j > i + lk - lq - window.
 
     `max_seqlen_q` sizes the grid. When it is None it is computed on the host, which also
     validates cu_seqlens (one device sync); callers that pass it (the engine, CUDA graphs)
@@ -177,6 +214,7 @@ def varlen_attention(
     """
     check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    window = check_window(window, causal)
     paged = block_table is not None
     index_tensors = [("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)]
     if paged:
@@ -218,14 +256,14 @@ def varlen_attention(
     grid = (triton.cdiv(max_seqlen_q, config.block_m), num_q_heads, batch)
     _varlen_attention_kernel[grid](
         q, k, v, out, cu_seqlens_q, cu_seqlens_k, table,
-        scale * LOG2E, kv_capacity,
+        scale * LOG2E, kv_capacity, window or 0,
         q.stride(0), q.stride(1),
         stride_kb, stride_kt, stride_kh,
         stride_vb, stride_vt, stride_vh,
         out.stride(0), out.stride(1), stride_table,
         GROUP=num_q_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, KV_BLOCK_SIZE=kv_block_size,
-        CAUSAL=bool(causal), PAGED=paged, DOT_PRECISION=DOT_PRECISION,
+        CAUSAL=bool(causal), SLIDING=window is not None, PAGED=paged, DOT_PRECISION=DOT_PRECISION,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

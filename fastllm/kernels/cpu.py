@@ -3,10 +3,11 @@
 - `paged_decode_attention`: the reference spends most of its time gathering every sequence's
   cache blocks into one padded tensor for SDPA; the kernel (csrc/cpu_attention.cpp) reads the
   blocks where they are, one pass per (sequence, KV head) with an online softmax.
-- `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`, `silu_and_mul`, `store_kv_cache`: at
+- `rms_norm`, `fused_add_rms_norm`, `rotary_embedding`, `silu_and_mul`, `gelu_tanh_and_mul`,
+  `store_kv_cache`: at
   decode sizes the reference is mostly per-op overhead (several PyTorch calls each); the kernels
   (csrc/cpu_elementwise.cpp) make one pass and compute each element as the reference does (SwiGLU's
-  exp to float32 rounding rather than torch's own). They are also what the one-call decode step
+  and GeGLU's exp to float32 rounding rather than torch's own). They are also what the one-call decode step
   of `fastllm.model.cpu_decode` runs, so both paths give the same numbers.
 
 All run on torch's own intra-op threads. They take float32 CPU tensors (and, for attention,
@@ -29,11 +30,13 @@ from fastllm.kernels._checks import (
     check_silu_and_mul,
     check_softmax_scale,
     check_store_kv_cache,
+    check_window,
 )
 from fastllm.kernels.reference import sample, softmax, varlen_attention
 
 __all__ = [
     "fused_add_rms_norm",
+    "gelu_tanh_and_mul",
     "paged_decode_attention",
     "rms_norm",
     "rotary_embedding",
@@ -112,9 +115,20 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """`fastllm.kernels.reference.silu_and_mul`, in C++ for float32 CPU rows [T, 2 * I]."""
     if not (_float32_cpu(x) and _rows(x)):
         return reference.silu_and_mul(x)
+    return _gated(_cpu_kernels.silu_and_mul, x)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """`fastllm.kernels.reference.gelu_tanh_and_mul`, in C++ for float32 CPU rows [T, 2 * I]."""
+    if not (_float32_cpu(x) and _rows(x)):
+        return reference.gelu_tanh_and_mul(x)
+    return _gated(_cpu_kernels.gelu_tanh_and_mul, x)
+
+
+def _gated(kernel, x: torch.Tensor) -> torch.Tensor:
     check_silu_and_mul(x)
     out = torch.empty((x.shape[0], x.shape[1] // 2), dtype=x.dtype)
-    _cpu_kernels.silu_and_mul(x.numpy(), out.numpy(), torch.get_num_threads())
+    kernel(x.numpy(), out.numpy(), torch.get_num_threads())
     return out
 
 
@@ -151,18 +165,21 @@ def paged_decode_attention(
     block_table: torch.Tensor,
     *,
     softmax_scale: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """`fastllm.kernels.reference.paged_decode_attention`, in C++ for float32 CPU tensors.
 
     q: [B, Hq, D]; caches: [num_blocks, block_size, Hkv, D]; cache_seqlens: int32 [B] (1 up to
-    the table's capacity); block_table: int32 [B, max_blocks]. Returns [B, Hq, D].
+    the table's capacity); block_table: int32 [B, max_blocks]; `window`: each query sees its
+    sequence's last `window` tokens (the blocks before them are not read). Returns [B, Hq, D].
     """
     if not _native_decode_applies(q, k_cache, v_cache):
         return reference.paged_decode_attention(
-            q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale=softmax_scale
+            q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale=softmax_scale, window=window
         )
     check_paged_decode(q, k_cache, v_cache, cache_seqlens, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    window = check_window(window)
     q = q.contiguous()
     out = torch.empty_like(q)
     _cpu_kernels.paged_decode_attention(
@@ -172,6 +189,7 @@ def paged_decode_attention(
         cache_seqlens.contiguous().numpy(),
         block_table.contiguous().numpy(),
         scale,
+        window or 0,
         out.numpy(),
         torch.get_num_threads(),
     )

@@ -12,6 +12,10 @@ The split count changes as contexts grow (eager decode: the block table widens s
 nothing compiled depends on it: the main kernel tells a split launch from an unsplit one at run
 time (its third grid dimension) and the merge walks the splits in fixed-size chunks. Per model
 shape and dtype there is one variant of each kernel, and the first launch compiles both.
+
+With a sliding window (a compile-time switch: one variant per model layer kind) each sequence
+starts at its window's first token: the blocks before it are never read, and splits that fall
+wholly before it do nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import triton
 import triton.language as tl
 
 from fastllm.kernels._attention_common import kv_rows, online_softmax_update
-from fastllm.kernels._checks import check_contiguous_last_dim, check_paged_decode, check_softmax_scale
+from fastllm.kernels._checks import check_contiguous_last_dim, check_paged_decode, check_softmax_scale, check_window
 from fastllm.kernels._runtime import (
     DOT_PRECISION,
     INTERPRETER,
@@ -39,18 +43,19 @@ _MERGE_BLOCK_S = 16  # splits the merge reads per iteration
 
 
 # These follow the block table's width, which changes from step to step (eager decode):
-# specializing on them would recompile mid-run.
-@triton.jit(do_not_specialize=["tokens_per_split", "kv_capacity", "stride_block_table"])
+# specializing on them would recompile mid-run. The window is a model constant; SLIDING tells the
+# kinds of layers apart.
+@triton.jit(do_not_specialize=["tokens_per_split", "kv_capacity", "window", "stride_block_table"])
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, block_table_ptr,
     out_ptr, partial_out_ptr, partial_lse_ptr,
-    scale_log2, tokens_per_split, kv_capacity, num_q_heads,
+    scale_log2, tokens_per_split, kv_capacity, num_q_heads, window,
     stride_qb, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_ob, stride_oh, stride_block_table,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, KV_BLOCK_SIZE: tl.constexpr, SLIDING: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -59,6 +64,8 @@ def _paged_decode_kernel(
     seq_len = tl.minimum(tl.load(cache_seqlens_ptr + seq), kv_capacity)
     start = split * tokens_per_split
     end = tl.minimum(seq_len, start + tokens_per_split)
+    if SLIDING:  # the query sees its last `window` tokens only
+        start = tl.maximum(start, seq_len - window)
 
     offs_g = tl.arange(0, BLOCK_G)
     heads = kv_head * GROUP + offs_g
@@ -193,15 +200,17 @@ def paged_decode_attention(
     block_table: torch.Tensor,
     *,
     softmax_scale: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per sequence over its paged KV cache.
 
     q: [B, Hq, D]; caches: [num_blocks, block_size, Hkv, D]; cache_seqlens: int32 [B] (>= 1,
     the new token included, at most block_table.shape[1] * block_size); block_table: int32
-    [B, max_blocks]. Returns [B, Hq, D]. Lengths are not read back to the host: a length of 0
-    gives zeros, and lengths are clamped to what the block-table row can address.
+    [B, max_blocks]. `window`: each query sees only its sequence's last `window` tokens (None =
+    all). Returns [B, Hq, D]. Lengths are not read back to the host: a length of 0 gives zeros,
+    and lengths are clamped to what the block-table row can address.
     """
-    return _paged_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale=softmax_scale)
+    return _paged_decode(q, k_cache, v_cache, cache_seqlens, block_table, softmax_scale=softmax_scale, window=window)
 
 
 def _paged_decode(
@@ -212,11 +221,13 @@ def _paged_decode(
     block_table: torch.Tensor,
     *,
     softmax_scale: float | None,
+    window: int | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """paged_decode_attention with the number of splits optionally forced (tests, benchmarks)."""
     check_paged_decode(q, k_cache, v_cache, cache_seqlens, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    window = check_window(window)
     check_launchable(("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
                      ("cache_seqlens", cache_seqlens), ("block_table", block_table))
     for name, t in (("cache_seqlens", cache_seqlens), ("block_table", block_table)):  # read with unit stride
@@ -248,13 +259,14 @@ def _paged_decode(
     _paged_decode_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, cache_seqlens, block_table,
         out, partial_out, partial_lse,
-        scale * LOG2E, tokens_per_split, kv_capacity, num_q_heads,
+        scale * LOG2E, tokens_per_split, kv_capacity, num_q_heads, window or 0,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=group, BLOCK_G=max(16, next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_N=config.block_n, KV_BLOCK_SIZE=kv_block_size, DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=config.block_n, KV_BLOCK_SIZE=kv_block_size, SLIDING=window is not None,
+        DOT_PRECISION=DOT_PRECISION,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split:

@@ -1,8 +1,9 @@
 """RMSNorm, optionally fused with the residual add that precedes it in every decoder layer.
 
-One program normalizes one row held whole in registers. Rounding follows HF Llama exactly
-(normalize in float32, cast to the activation dtype, then multiply by the weight) so that the
-Triton and PyTorch backends produce the same greedy tokens.
+One program normalizes one row held whole in registers. Rounding follows HF exactly so that the
+Triton and PyTorch backends produce the same greedy tokens: normalize in float32, then a weight
+of the activation dtype scales after the cast to it (Llama), a float32 weight before (Gemma's
+1 + w kept in float32).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _rms_norm_kernel(
     stride_x,
     stride_residual,
     HAS_RESIDUAL: tl.constexpr,
+    SCALE_BEFORE_CAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -43,7 +45,9 @@ def _rms_norm_kernel(
         tl.store(summed_ptr + row * n_cols + cols, x, mask=mask)
     xf = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
-    normed = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
+    normed = xf * rstd
+    if not SCALE_BEFORE_CAST:
+        normed = normed.to(x_ptr.dtype.element_ty).to(tl.float32)
     weight = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * n_cols + cols, (normed * weight).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -63,7 +67,7 @@ def _launch(
         raise ValueError(f"the last dimension of x must be at most {_MAX_HIDDEN}, got {hidden}")
 
     x_rows = as_rows(x)
-    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     # Not empty_like: it keeps a permuted x's strides, and the kernel writes rows contiguously.
     summed = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else x
     if x.numel() == 0:
@@ -74,13 +78,14 @@ def _launch(
     _rms_norm_kernel[(x_rows.shape[0],)](
         x_rows, residual_rows, weight.contiguous(), out, summed,
         hidden, float(eps), x_rows.stride(0), residual_rows.stride(0),
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, SCALE_BEFORE_CAST=weight.dtype != x.dtype, BLOCK=block,
+        num_warps=num_warps,
     )
     return out, summed
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim, HF Llama semantics: normalize in float32, cast, then scale."""
+    """RMSNorm over the last dim, in x's dtype (HF's rounding: see `fastllm.kernels.reference.rms_norm`)."""
     return _launch(x, None, weight, eps)[0]
 
 

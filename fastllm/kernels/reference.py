@@ -23,6 +23,7 @@ from fastllm.kernels._checks import (
     check_store_kv_cache,
     check_tensor,
     check_varlen_attention,
+    check_window,
 )
 
 
@@ -38,20 +39,25 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim, HF Llama semantics: normalize in float32, cast, then scale."""
+    """RMSNorm over the last dim, in x's dtype. HF's rounding: normalize in float32, then scale in
+    the weight's precision: a weight of x's half dtype scales after the cast (Llama), a float32
+    weight before it (Gemma's 1 + w)."""
     check_rms_norm(x, weight, eps)
     return _rms_norm(x, weight, eps)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # F.rms_norm computes x * rsqrt(mean(x^2) + eps) (* weight) in one call, measured bit-identical
-    # to spelling it out in float32 and float64. Half types are normalized in float32 and cast
-    # before the scale, as HF does, so there the weight is applied outside.
+    # to spelling it out in float32 and float64. Half types are normalized in float32; HF Llama
+    # casts before the scale (a half weight), HF Gemma after it (a float32 weight), so there the
+    # weight is applied outside.
     compute_dtype = _compute_dtype(x.dtype)
     if x.dtype == compute_dtype and weight.dtype == compute_dtype:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     normed = F.rms_norm(x.to(compute_dtype), (x.shape[-1],), eps=eps)
-    return weight * normed.to(x.dtype)
+    if weight.dtype == x.dtype:
+        return weight * normed.to(x.dtype)
+    return (normed * weight.to(compute_dtype)).to(x.dtype)
 
 
 def fused_add_rms_norm(
@@ -100,6 +106,13 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate).mul_(up)  # in place on silu's fresh output: one temporary less
 
 
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU activation (Gemma): x is [..., 2 * I] = [gate | up]; returns gelu_tanh(gate) * up, [..., I]."""
+    check_silu_and_mul(x)
+    gate, up = x.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh").mul_(up)
+
+
 def store_kv_cache(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -140,23 +153,30 @@ def _gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> tor
     return _gather_blocks(cache, blocks[:num_blocks])[:length]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, window: int | None = None
+) -> torch.Tensor:
     """Attention for one sequence: q [lq, Hq, D], k/v [lk, Hkv, D] -> [lq, Hq, D].
 
-    The causal mask is aligned bottom-right: query i sees keys j <= i + lk - lq. Queries that
-    see no key at all (possible only when lq > lk) produce zeros, as flash-attention does.
+    The causal mask is aligned bottom-right: query i sees keys j <= i + lk - lq, and with a
+    `window` only the last `window` of them (j > i + lk - lq - window). Queries that see no key
+    at all (possible only when lq > lk) produce zeros, as flash-attention does.
     """
     lq, lk = q.shape[0], k.shape[0]
     dtype = _compute_dtype(q.dtype)
     # [1, H, L, D]: SDPA on CPU picks a different (not bit-identical) kernel for 3-D inputs, and
     # HF transformers calls it with 4-D ones; matching it keeps greedy parity exact.
     qh, kh, vh = (t.transpose(0, 1).unsqueeze(0).to(dtype) for t in (q, k, v))
-    if causal and lq == lk:
+    if window is not None and window >= lk:
+        window = None  # every key is inside the window: no mask (HF then runs SDPA unmasked too)
+    if causal and lq == lk and window is None:
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
     elif causal:
         rows = torch.arange(lq, device=q.device).unsqueeze(1)
         cols = torch.arange(lk, device=q.device).unsqueeze(0)
         visible = cols <= rows + (lk - lq)
+        if window is not None:
+            visible &= cols > rows + (lk - lq - window)
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=visible, scale=scale, enable_gqa=True)
         out = out.masked_fill(~visible.any(dim=1).view(1, 1, lq, 1), 0.0)
     else:
@@ -176,17 +196,21 @@ def varlen_attention(
     block_table: torch.Tensor | None = None,
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention over packed variable-length sequences (flash-attention's varlen conventions).
 
     q: [Tq, Hq, D]; k, v: [Tk, Hkv, D], or with `block_table` the paged caches
     [num_blocks, block_size, Hkv, D]; cu_seqlens_q/k: int32 [B + 1] cumulative lengths (with a
     block table, cu_seqlens_k holds each sequence's cached length, new tokens included).
+    `window` (causal only): each query sees at most the last `window` keys up to itself
+    (flash-attention's window_size=(window - 1, 0)); None = all of them.
     `max_seqlen_q`/`max_seqlen_k` are ignored here: the Triton kernel sizes its grid with
     `max_seqlen_q` without a sync (and only type-checks `max_seqlen_k`).
     """
     check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    window = check_window(window, causal)
     paged = block_table is not None
     starts_q, starts_k = check_cu_seqlens(
         cu_seqlens_q, cu_seqlens_k, q.shape[0],
@@ -203,7 +227,7 @@ def varlen_attention(
         else:
             keys = _gather_paged(k, block_table[b], k1 - k0)
             values = _gather_paged(v, block_table[b], k1 - k0)
-        out[q0:q1] = _attend(q[q0:q1], keys, values, causal, scale)
+        out[q0:q1] = _attend(q[q0:q1], keys, values, causal, scale, window)
     return out
 
 
@@ -215,14 +239,17 @@ def paged_decode_attention(
     block_table: torch.Tensor,
     *,
     softmax_scale: float | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention of one new query token per sequence over its paged KV cache.
 
     q: [B, Hq, D]; caches: [num_blocks, block_size, Hkv, D]; cache_seqlens: int32 [B] (>= 1,
-    the new token included); block_table: int32 [B, max_blocks]. Returns [B, Hq, D].
+    the new token included); block_table: int32 [B, max_blocks]. `window`: each query sees only
+    its sequence's last `window` tokens (None = all). Returns [B, Hq, D].
     """
     check_paged_decode(q, k_cache, v_cache, cache_seqlens, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
+    window = check_window(window)
     batch, block_size = q.shape[0], k_cache.shape[1]
     lengths = cache_seqlens.tolist()
     if min(lengths) < 1:
@@ -235,18 +262,25 @@ def paged_decode_attention(
         )
     dtype = _compute_dtype(q.dtype)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    blocks = block_table[:, :num_blocks]
-    # [B, max_len, Hkv, D] gathered -> [B, Hkv, max_len, D] views (SDPA takes the strides as they are).
+    # With a window, the blocks before every sequence's window are not gathered.
+    first_block = 0 if window is None else max(0, min(lengths) - window) // block_size
+    blocks = block_table[:, first_block:num_blocks]
+    first, span = first_block * block_size, max_len - first_block * block_size
+    # [B, span, Hkv, D] gathered -> [B, Hkv, span, D] views (SDPA takes the strides as they are).
     keys, values = (
-        _gather_blocks(cache, blocks)[:, :max_len].transpose(1, 2).to(dtype) for cache in (k_cache, v_cache)
+        _gather_blocks(cache, blocks)[:, :span].transpose(1, 2).to(dtype) for cache in (k_cache, v_cache)
     )
     # The query heads sharing a KV head become SDPA's query rows ([B, Hkv, group, D]): grouped-query
     # attention without repeating keys and values, and one kernel call for the whole batch.
     grouped_q = q.reshape(batch, num_kv_heads, q.shape[1] // num_kv_heads, head_dim).to(dtype)
     mask = None
-    if min(lengths) < max_len:
-        visible = torch.arange(max_len, device=q.device).unsqueeze(0) < cache_seqlens.unsqueeze(1)
-        mask = visible.view(batch, 1, 1, max_len)
+    windowed = window is not None and max_len > window
+    if min(lengths) < max_len or windowed:
+        columns = torch.arange(first, max_len, device=q.device).unsqueeze(0)
+        visible = columns < cache_seqlens.unsqueeze(1)
+        if windowed:
+            visible &= columns >= cache_seqlens.unsqueeze(1) - window
+        mask = visible.view(batch, 1, 1, span)
     out = F.scaled_dot_product_attention(grouped_q, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(q.shape).to(q.dtype)
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from fastllm.loader.checkpoint import Checkpoint, CheckpointError
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.loader.default_model import default_model_path
 from fastllm.loader.model_files import ModelFiles, load, model_location
 from fastllm.loader.prompt_format import PromptFormat
@@ -20,11 +20,18 @@ __all__ = [
 ]
 
 
-def load_checkpoint(path: str | os.PathLike, *, keep_encoded: Collection[GGMLQuantizationType] = ()) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    keep_encoded: Collection[GGMLQuantizationType] = (),
+    shard: ShardFor | None = None,
+) -> Checkpoint:
     """Load a model from a GGUF file or an HF folder (config.json + *.safetensors).
 
     GGUF matrices of a type in `keep_encoded` stay in their encoding (`QuantizedTensor`); every
-    other weight comes as a float tensor (see `Checkpoint`).
+    other weight comes as a float tensor (see `Checkpoint`). With `shard` (the whole model's config
+    -> a `fastllm.distributed.sharding.ModelShard`), the weights are that tensor-parallel rank's
+    parts, each tensor cut as soon as it is read.
 
     Raises FileNotFoundError for a path that does not exist and CheckpointError (a ValueError
     naming the path) for anything that cannot be loaded.
@@ -34,4 +41,6 @@ def load_checkpoint(path: str | os.PathLike, *, keep_encoded: Collection[GGMLQua
     from fastllm.loader.hf_loader import load_hf_folder
 
     location = model_location(path)
-    return load_hf_folder(location) if location.is_dir() else load_gguf(location, keep_encoded=keep_encoded)
+    if location.is_dir():
+        return load_hf_folder(location, shard=shard)
+    return load_gguf(location, keep_encoded=keep_encoded, shard=shard)

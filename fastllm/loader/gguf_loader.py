@@ -1,11 +1,17 @@
-"""GGUF (llama.cpp) llama models -> Checkpoint: metadata to ModelConfig, tensors to HF names and layout."""
+"""GGUF (llama.cpp) models -> Checkpoint: metadata to ModelConfig, tensors to HF names and layout.
+
+Architectures llama (Llama 1-3, Mistral, TinyLlama, SmolLM), qwen2, qwen3 and gemma3; each is a
+small `GGUFArchitecture`: its extra tensor names, whether llama.cpp permuted its Q/K rows, what
+it added to its norm weights, and the ModelConfig fields where it departs from Llama.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +19,13 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
-from fastllm.loader.checkpoint import Checkpoint, CheckpointError
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.model.config import ModelConfig
 from fastllm.model.quantized import FLOAT_TYPES, QuantizedTensor, dequantize
 from fastllm.model.weights import ROPE_FREQS, shape_problems
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_ARCHITECTURES = ("llama",)
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -40,20 +44,11 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+_QK_NORM_NAMES = {"attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight"}
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """The HF LlamaForCausalLM name of a llama.cpp tensor name, or None if it has none."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    match = _LAYER_TENSOR.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
-    return None
-
-
-def unpermute_qk(rows: np.ndarray, num_heads: int) -> np.ndarray:
+def unpermute_qk(rows: torch.Tensor | np.ndarray, num_heads: int) -> torch.Tensor | np.ndarray:
     """Undo llama.cpp's Q/K row permutation, back to HF's rotate-half layout.
 
     llama.cpp's converter interleaves the two halves of each head's rows (it rotates adjacent
@@ -62,6 +57,20 @@ def unpermute_qk(rows: np.ndarray, num_heads: int) -> np.ndarray:
     """
     count = rows.shape[0]
     return rows.reshape(num_heads, count // num_heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _unpermuted(tensor: torch.Tensor | QuantizedTensor, head_dim: int) -> torch.Tensor | QuantizedTensor:
+    """A Q/K weight (its raw rows, quantized or not) with llama.cpp's row permutation undone: a copy."""
+    rows = tensor.data if isinstance(tensor, QuantizedTensor) else tensor
+    unpermuted = unpermute_qk(rows, rows.shape[0] // head_dim).contiguous()
+    return QuantizedTensor(unpermuted, tensor.qtype, tensor.shape) if isinstance(tensor, QuantizedTensor) else unpermuted
+
+
+def _reads(tensor: torch.Tensor | QuantizedTensor, raw: np.ndarray) -> bool:
+    """Whether `tensor` is a view of the mapped bytes `raw`."""
+    data = tensor.data if isinstance(tensor, QuantizedTensor) else tensor
+    start = raw.ctypes.data
+    return start <= data.data_ptr() < start + max(raw.nbytes, 1)
 
 
 _REQUIRED = object()
@@ -118,6 +127,88 @@ def _rope_scaling(meta: _Metadata, context_length: int) -> dict[str, Any] | None
     raise CheckpointError(meta.path, f"unsupported rope scaling type {scaling_type!r} (supported: none, linear, yarn)")
 
 
+def _layer_types(meta: _Metadata, num_layers: int, default_period: int) -> tuple[str, ...]:
+    """Per-layer attention from `{arch}.attention.sliding_window_pattern`: a period (every n-th layer
+    global, the others sliding) or one bool per layer (true: sliding); else `default_period`."""
+    pattern = meta.get("{arch}.attention.sliding_window_pattern", default_period)
+    if isinstance(pattern, list):
+        if len(pattern) != num_layers or not all(isinstance(p, bool) for p in pattern):
+            raise CheckpointError(meta.path, f"GGUF metadata sliding_window_pattern must hold {num_layers} bools")
+        sliding = pattern
+    elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0:
+        sliding = [(i + 1) % pattern != 0 for i in range(num_layers)]
+    else:
+        raise CheckpointError(
+            meta.path, f"GGUF metadata sliding_window_pattern must be a period or bools, got {pattern!r}"
+        )
+    return tuple("sliding_attention" if s else "full_attention" for s in sliding)
+
+
+def _gemma3_fields(meta: _Metadata, hidden: int, num_heads: int, head_dim: int, num_layers: int) -> dict[str, Any]:
+    """Gemma 3: what llama.cpp's gemma3 loader assumes where the file is silent (a local rope base of
+    10,000, every sixth layer global; the 27B's attention scale from hidden / heads)."""
+    return {
+        "qk_norm": True, "sandwich_norms": True, "norm_weight_offset": 1.0, "hidden_act": "gelu_pytorch_tanh",
+        "embedding_multiplier": hidden**0.5,
+        "query_pre_attn_scalar": hidden // num_heads if num_layers == 62 else head_dim,
+        "sliding_window": meta.number("{arch}.attention.sliding_window", integer=True),
+        "layer_types": _layer_types(meta, num_layers, 6),
+        "local_rope_theta": float(meta.number("{arch}.rope.freq_base_swa", 10000.0)),
+    }
+
+
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one llama.cpp architecture's file maps to HF names and ModelConfig."""
+
+    # GGUF per-layer tensor suffix -> HF name, beyond and over the llama ones (_LAYER_NAMES).
+    layer_names: dict[str, str] = field(default_factory=dict)
+    # llama.cpp's converter interleaves the Q/K rows of these (rotate-pairs rope); not of NeoX-style ones.
+    permuted_qk: bool = False
+    # What llama.cpp's converter added to every norm weight (Gemma: 1, storing HF's (1 + w) whole).
+    norm_shift: float = 0.0
+    # ModelConfig fields where it departs from Llama: (metadata, hidden, heads, head_dim, layers) -> fields.
+    fields: Callable[[_Metadata, int, int, int, int], dict[str, Any]] = lambda *_: {}
+
+    def hf_name(self, gguf_name: str) -> str | None:
+        """The HF name of a tensor of this architecture, or None if it has none."""
+        if gguf_name in _GLOBAL_NAMES:
+            return _GLOBAL_NAMES[gguf_name]
+        match = _LAYER_TENSOR.fullmatch(gguf_name)
+        if match:
+            suffix = match.group(2)
+            name = self.layer_names.get(suffix, _LAYER_NAMES.get(suffix))
+            if name is not None:
+                return f"model.layers.{match.group(1)}.{name}"
+        return None
+
+
+ARCHITECTURES = {
+    "llama": GGUFArchitecture(permuted_qk=True),
+    "qwen2": GGUFArchitecture(
+        layer_names={f"attn_{p}.bias": f"self_attn.{p}_proj.bias" for p in "qkv"},
+        fields=lambda *_: {"attention_bias": True},
+    ),
+    "qwen3": GGUFArchitecture(layer_names=_QK_NORM_NAMES, fields=lambda *_: {"qk_norm": True}),
+    "gemma3": GGUFArchitecture(
+        layer_names={
+            **_QK_NORM_NAMES,
+            "post_attention_norm.weight": "post_attention_layernorm.weight",
+            "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+            "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+        },
+        norm_shift=1.0,
+        fields=_gemma3_fields,
+    ),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+
+
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """The HF name of a llama.cpp tensor name of architecture `arch`, or None if it has none."""
+    return ARCHITECTURES[arch].hf_name(gguf_name)
+
+
 def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
     meta = _Metadata(gguf, arch)
     hidden = meta.number("{arch}.embedding_length", integer=True)
@@ -139,12 +230,14 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
         raise CheckpointError(gguf.path, "GGUF file has no 'token_embd.weight' tensor")
     vocab_size = gguf.tensors["token_embd.weight"].shape[0]
     eos = meta.get("tokenizer.ggml.eos_token_id")
+    num_layers = meta.number("{arch}.block_count", integer=True)
+    family = ARCHITECTURES[arch].fields(meta, hidden, num_heads, head_dim, num_layers)
     try:
         return ModelConfig(
             vocab_size=vocab_size,
             hidden_size=hidden,
             intermediate_size=meta.number("{arch}.feed_forward_length", integer=True),
-            num_hidden_layers=meta.number("{arch}.block_count", integer=True),
+            num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
             num_key_value_heads=meta.number("{arch}.attention.head_count_kv", num_heads, integer=True),
             head_dim=head_dim,
@@ -157,20 +250,25 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
             eos_token_id=eos,
             name=meta.get("general.name") or Path(gguf.path).stem,
             extra={"architecture": arch},
+            **family,
         )
     except ValueError as exc:
         raise CheckpointError(gguf.path, f"invalid model hyper-parameters: {exc}") from None
 
 
 def load_gguf(
-    path: str | os.PathLike | GGUFFile, *, keep_encoded: Collection[GGMLQuantizationType] = ()
+    path: str | os.PathLike | GGUFFile,
+    *,
+    keep_encoded: Collection[GGMLQuantizationType] = (),
+    shard: ShardFor | None = None,
 ) -> Checkpoint:
-    """Load a llama-architecture GGUF file (or one already opened): config from its metadata,
-    weights in HF names and layout.
+    """Load a GGUF file (or one already opened) of a supported architecture: config from its
+    metadata, weights in HF names and layout (norm weights in HF's convention).
 
     Matrices whose type is in `keep_encoded` stay in their GGUF encoding (`QuantizedTensor`, a view
     of the memory-mapped file, or one copy for the Q/K rows that llama.cpp permutes); every other
-    tensor is dequantized to float32 (float types keep their dtype).
+    tensor is dequantized to float32 (float types keep their dtype). With `shard`, each tensor is
+    cut to `shard(config)`'s part as soon as it is read, so no more than one whole tensor exists.
     """
     gguf = path if isinstance(path, GGUFFile) else GGUFFile(path)
     arch = gguf.metadata.get("general.architecture")
@@ -185,43 +283,48 @@ def load_gguf(
             "(llama-gguf-split --merge) and load the merged file"
         )
     config = _config(gguf, arch)
-    unknown = [name for name in gguf.tensors if hf_name(name) is None]
+    architecture = ARCHITECTURES[arch]
+    unknown = [name for name in gguf.tensors if architecture.hf_name(name) is None]
     if unknown:
         raise CheckpointError(
             gguf.path, f"unexpected tensors for a {arch} model: {', '.join(unknown[:4])}"
             f"{' ...' if len(unknown) > 4 else ''}"
         )
     # Check shapes before un-permuting (which needs whole heads): from the directory, decoding nothing.
-    problems = shape_problems({hf_name(name): info.shape for name, info in gguf.tensors.items()}, config)
+    problems = shape_problems({architecture.hf_name(name): info.shape for name, info in gguf.tensors.items()}, config)
     if problems:
         raise CheckpointError(gguf.path, "; ".join(problems))
-    heads = {
-        "self_attn.q_proj.weight": config.num_attention_heads,
-        "self_attn.k_proj.weight": config.num_key_value_heads,
-    }
+    # llama.cpp permutes these rows for the architectures whose rope rotates adjacent pairs.
+    permuted = ("self_attn.q_proj.weight", "self_attn.k_proj.weight") if architecture.permuted_qk else ()
+    cut = shard(config) if shard is not None else None
     weights: dict[str, torch.Tensor | QuantizedTensor] = {}
     decoded_types = set()
     for name, info in gguf.tensors.items():
-        target = hf_name(name)
+        target = architecture.hf_name(name)
         raw = gguf.raw(name)
-        num_heads = next((count for suffix, count in heads.items() if target.endswith(suffix)), None)
-        if num_heads is not None:
-            raw = unpermute_qk(raw, num_heads)  # a copy: the mapped pages are dropped below
         encoded = len(info.shape) == 2 and info.qtype in keep_encoded
         try:
             if encoded:
-                weights[target] = QuantizedTensor(torch.from_numpy(raw), info.qtype, info.shape)
+                tensor = QuantizedTensor(torch.from_numpy(raw), info.qtype, info.shape)
             else:
-                weights[target] = dequantize(raw, info.qtype, info.shape)
+                tensor = dequantize(raw, info.qtype, info.shape)
                 if info.qtype not in FLOAT_TYPES:
                     decoded_types.add(info.qtype)
+                if architecture.norm_shift and target.endswith("norm.weight"):
+                    # Back to HF's w, as transformers' loader does (the model adds it back for (1 + w)).
+                    tensor = tensor.float() - architecture.norm_shift
         except ValueError as exc:
             raise CheckpointError(gguf.path, f"tensor {name!r}: {exc}") from None
-        if num_heads is not None or not (encoded or info.qtype in FLOAT_TYPES):
-            gguf.release(name)  # nothing reads the mapped bytes again: they were copied (un-permuted or decoded)
+        if cut is not None:
+            tensor = cut(target, tensor)  # whole heads: llama.cpp permutes rows within a head only
+        if permuted and target.endswith(permuted):
+            tensor = _unpermuted(tensor, config.head_dim)
+        weights[target] = tensor
+        if not _reads(tensor, raw):
+            gguf.release(name)  # nothing reads the mapped bytes again: they were copied (un-permuted, decoded, cut)
     if keep_encoded and decoded_types:
         logger.info(
             "%s: %s tensors are dequantized to float32 at load (no kernel reads them encoded)",
             gguf.path, ", ".join(sorted(t.name for t in decoded_types)),
         )
-    return Checkpoint(config=config, weights=weights, path=gguf.path, format="gguf")
+    return Checkpoint(config=config, weights=weights, path=gguf.path, format="gguf", shard=cut)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastllm.loader.checkpoint import Checkpoint, CheckpointError
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.loader.default_model import default_model_path
 from fastllm.loader.gguf_file import GGUF_MAGIC
 from fastllm.loader.prompt_format import PromptFormat, gguf_prompt_format, hf_prompt_format
@@ -61,10 +61,16 @@ class ModelFiles:
         return self.checkpoint.config
 
 
-def load(path: str | os.PathLike | None = None, *, keep_encoded: Collection[GGMLQuantizationType] = ()) -> ModelFiles:
+def load(
+    path: str | os.PathLike | None = None,
+    *,
+    keep_encoded: Collection[GGMLQuantizationType] = (),
+    shard: ShardFor | None = None,
+) -> ModelFiles:
     """Load a GGUF file or an HF folder (None = the bundled SmolLM2-135M-Instruct) in one pass.
 
-    GGUF matrices of a type in `keep_encoded` stay in their encoding (as `load_checkpoint`'s).
+    GGUF matrices of a type in `keep_encoded` stay in their encoding (as `load_checkpoint`'s);
+    `shard` loads one tensor-parallel rank's part of the weights (as `load_checkpoint`'s).
     Errors as `load_checkpoint`'s; an HF folder must also hold a tokenizer.json.
     """
     # Imported here: the loaders import torch, and the tokenizer (which reads GGUF headers through
@@ -78,7 +84,7 @@ def load(path: str | os.PathLike | None = None, *, keep_encoded: Collection[GGML
     if not location.is_dir():
         gguf = GGUFFile(location)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=gguf.path)
-        checkpoint = load_gguf(gguf, keep_encoded=keep_encoded)
+        checkpoint = load_gguf(gguf, keep_encoded=keep_encoded, shard=shard)
         return ModelFiles(checkpoint, tokenizer, gguf_prompt_format(gguf.metadata, tokenizer))
     tokenizer_file = location / "tokenizer.json"
     if not tokenizer_file.is_file():
@@ -88,4 +94,4 @@ def load(path: str | os.PathLike | None = None, *, keep_encoded: Collection[GGML
     tokenizer_config = read_json(config_file) if config_file.is_file() else {}
     tokenizer = Tokenizer.from_json(spec, tokenizer_config, source=str(tokenizer_file))
     prompt_format = hf_prompt_format(location, tokenizer, spec, tokenizer_config, read_json)
-    return ModelFiles(load_hf_folder(location), tokenizer, prompt_format)
+    return ModelFiles(load_hf_folder(location, shard=shard), tokenizer, prompt_format)

@@ -41,9 +41,16 @@ def _ids(values: Iterable[object]) -> tuple[int, ...]:
 
 
 def gguf_prompt_format(metadata: Mapping[str, Any], tokenizer: Tokenizer) -> PromptFormat:
-    """From a GGUF header: `tokenizer.ggml.add_bos_token`, the eos / eot / eom ids, `tokenizer.chat_template`."""
+    """From a GGUF header: `tokenizer.ggml.add_bos_token`, the eos / eot / eom ids, `tokenizer.chat_template`.
+
+    A SentencePiece vocabulary (`tokenizer.ggml.model` "llama") that does not say gets BOS, as
+    llama.cpp and transformers give it (older Llama 2 files have no flag).
+    """
+    add_bos = metadata.get("tokenizer.ggml.add_bos_token")
+    if add_bos is None:
+        add_bos = metadata.get("tokenizer.ggml.model") == "llama"
     return PromptFormat(
-        add_bos_token=metadata.get("tokenizer.ggml.add_bos_token") is True,
+        add_bos_token=bool(add_bos),
         eos_token_ids=_ids([tokenizer.eos_id, *(metadata.get(key) for key in GGUF_EOS_KEYS)]),
         chat_template=tokenizer.chat_template,
     )

@@ -41,7 +41,7 @@ class RotaryEmbedding(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-class SiluAndMul(Protocol):
+class GatedActivation(Protocol):  # silu_and_mul, gelu_tanh_and_mul: [..., 2I] = [gate | up] -> act(gate) * up
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -65,6 +65,7 @@ class VarlenAttention(Protocol):
         block_table: torch.Tensor | None = None,
         max_seqlen_q: int | None = None,
         max_seqlen_k: int | None = None,
+        window: int | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -78,6 +79,7 @@ class PagedDecodeAttention(Protocol):
         block_table: torch.Tensor,
         *,
         softmax_scale: float | None = None,
+        window: int | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -130,7 +132,8 @@ class Backend:
     rms_norm: RmsNorm
     fused_add_rms_norm: FusedAddRmsNorm
     rotary_embedding: RotaryEmbedding
-    silu_and_mul: SiluAndMul
+    silu_and_mul: GatedActivation
+    gelu_tanh_and_mul: GatedActivation
     store_kv_cache: StoreKVCache
     varlen_attention: VarlenAttention
     paged_decode_attention: PagedDecodeAttention
@@ -158,33 +161,38 @@ class Backend:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        *,
+        window: int | None = None,
     ) -> torch.Tensor:
         """Store the new k/v in the paged cache, then attend; q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D].
 
         Decode rows attend over the paged cache; prefill rows over the new (contiguous) k/v when
         there is no block table, else over the paged cache, which by then holds their cached
-        prefix and the new tokens.
+        prefix and the new tokens. With a `window`, each query sees only the last `window` tokens
+        up to itself (sliding-window layers).
         """
         self.store_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         if not meta.is_prefill:
-            return self._decode(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale)
+            return self._decode(q, k_cache, v_cache, meta.context_lens, meta.block_tables, scale, window)
         num_decode = meta.num_decode_tokens
         if num_decode == 0:
-            return self._prefill(q, k, v, k_cache, v_cache, meta, meta.block_tables, scale)
+            return self._prefill(q, k, v, k_cache, v_cache, meta, meta.block_tables, scale, window)
         tables = meta.block_tables
-        decoded = self._decode(q[:num_decode], k_cache, v_cache, meta.context_lens, tables[:num_decode], scale)
-        prefilled = self._prefill(q[num_decode:], k, v, k_cache, v_cache, meta, tables[num_decode:], scale)
+        decoded = self._decode(q[:num_decode], k_cache, v_cache, meta.context_lens, tables[:num_decode], scale, window)
+        prefilled = self._prefill(q[num_decode:], k, v, k_cache, v_cache, meta, tables[num_decode:], scale, window)
         return torch.cat([decoded, prefilled])
 
     def _decode(
         self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, context_lens: torch.Tensor,
-        block_tables: torch.Tensor, scale: float,
+        block_tables: torch.Tensor, scale: float, window: int | None,
     ) -> torch.Tensor:
-        return self.paged_decode_attention(q, k_cache, v_cache, context_lens, block_tables, softmax_scale=scale)
+        return self.paged_decode_attention(
+            q, k_cache, v_cache, context_lens, block_tables, softmax_scale=scale, window=window
+        )
 
     def _prefill(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-        meta: AttentionMetadata, block_tables: torch.Tensor | None, scale: float,
+        meta: AttentionMetadata, block_tables: torch.Tensor | None, scale: float, window: int | None,
     ) -> torch.Tensor:
         paged = block_tables is not None
         return self.varlen_attention(
@@ -198,6 +206,7 @@ class Backend:
             block_table=block_tables,
             max_seqlen_q=meta.max_seqlen_q,
             max_seqlen_k=meta.max_seqlen_k,
+            window=window,
         )
 
 

@@ -125,6 +125,19 @@ class QuantizedTensor:
     def nbytes(self) -> int:
         return self.data.numel()
 
+    def rows(self, start: int, stop: int) -> QuantizedTensor:
+        """Rows [start, stop): a view, no copy."""
+        return QuantizedTensor(self.data[start:stop], self.qtype, (stop - start, self.shape[1]))
+
+    def columns(self, start: int, stop: int) -> QuantizedTensor | None:
+        """Columns [start, stop) as a compact copy, or None when they do not start and end on block
+        boundaries (a block's values share its scales)."""
+        block_size, type_size = GGML_QUANT_SIZES[self.qtype]
+        if start % block_size or stop % block_size:
+            return None
+        data = self.data[:, start // block_size * type_size : stop // block_size * type_size].contiguous()
+        return QuantizedTensor(data, self.qtype, (self.shape[0], stop - start))
+
     def dequantize(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
         """The float matrix [rows, cols], in `dtype` on `device` (decoded in float32 first, as gguf does)."""
         raw = self.data.numpy() if self.data.device.type == "cpu" else self.data.cpu().numpy()

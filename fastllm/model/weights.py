@@ -1,4 +1,7 @@
-"""The tensors a Llama checkpoint must hold: HF LlamaForCausalLM names and shapes, from a ModelConfig.
+"""The tensors a Llama-family checkpoint must hold: HF names and shapes, from a ModelConfig.
+
+The names are those of HF's LlamaForCausalLM, plus what a family adds (Qwen2's q/k/v biases, the
+q/k norms of Qwen3 and Gemma 3, Gemma 3's pre- and post-feedforward norms).
 
 Shared by the loaders (to reject a bad file with its path in the message) and by
 `LlamaForCausalLM.load_weights` (to reject bad weights from any source).
@@ -41,6 +44,18 @@ def llama_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
             prefix + "mlp.up_proj.weight": (inter, hidden),
             prefix + "mlp.down_proj.weight": (hidden, inter),
         })
+        if config.attention_bias:
+            shapes.update({
+                prefix + "self_attn.q_proj.bias": (q_size,),
+                prefix + "self_attn.k_proj.bias": (kv_size,),
+                prefix + "self_attn.v_proj.bias": (kv_size,),
+            })
+        if config.qk_norm:
+            shapes[prefix + "self_attn.q_norm.weight"] = (head_dim,)
+            shapes[prefix + "self_attn.k_norm.weight"] = (head_dim,)
+        if config.sandwich_norms:
+            shapes[prefix + "pre_feedforward_layernorm.weight"] = (hidden,)
+            shapes[prefix + "post_feedforward_layernorm.weight"] = (hidden,)
     return shapes
 
 

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prefix-caching", action="store_true", help="turn the prefix cache off")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="GPU memory share (default: 0.9)")
     parser.add_argument("--enforce-eager", action="store_true", help="never replay CUDA graphs")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1,
+                        help="split the model over this many ranks, one process each (default: 1)")
     parser.add_argument("--max-waiting-requests", type=int, default=DEFAULT_MAX_WAITING_REQUESTS,
                         help=f"refuse new requests (503) while this many wait (default: {DEFAULT_MAX_WAITING_REQUESTS})")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
