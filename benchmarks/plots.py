@@ -70,3 +70,21 @@ def throughput_by_batch_size(e2e: dict[str, Any], title: str, path: Path) -> Non
         sizes = f"batch size (prompt {e2e['sweep']['prompt_len']}, output {e2e['sweep']['output_len']} tokens)"
         _finish_panel(ax, shape["config"]["name"], sizes, "output tokens/s")
     _save(figure, title, path)
+
+
+def serve_by_concurrency(report: dict[str, Any], title: str, path: Path) -> None:
+    """bench_serve: output tokens/s of the server and of offline generate, and the server's
+    TTFT and inter-token latency percentiles, against the number of concurrent clients."""
+    levels = report["levels"]
+    clients = [level["concurrency"] for level in levels]
+    figure, (throughput, latency) = _grid(2)
+    throughput.plot(clients, [lv["server"]["output_tokens_per_s"] for lv in levels], "o-", label="fastllm serve")
+    throughput.plot(clients, [lv["offline"]["output_tokens_per_s"] for lv in levels], "s--", label="offline LLM.generate")
+    _finish_panel(throughput, "throughput", "concurrent clients", "output tokens/s")
+    for key, name, style in (("ttft_s", "TTFT", "o"), ("itl_s", "inter-token", "s")):
+        for quantile, line in (("p50", "-"), ("p99", ":")):
+            values = [lv["server"][key][quantile] for lv in levels]
+            latency.plot(clients, values, style + line, label=f"{name} {quantile}")
+    latency.set_yscale("log")
+    _finish_panel(latency, "server latency (client side)", "concurrent clients", "seconds")
+    _save(figure, title, path)

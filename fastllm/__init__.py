@@ -2,6 +2,7 @@
 
 Public API (see README.md):
     generate, LLM, SamplingParams, RequestOutput, CompletionOutput  -- text generation
+    AsyncLLM                                      -- the engine for asyncio code (what `fastllm serve` runs)
     Tokenizer                                     -- the C++ byte-level BPE tokenizer
     default_model_path                            -- the bundled SmolLM2-135M-Instruct GGUF file
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "generate": "fastllm.api",
     "LLM": "fastllm.api",
+    "AsyncLLM": "fastllm.engine.async_llm",
     "RequestOutput": "fastllm.api",
     "CompletionOutput": "fastllm.api",
     "SamplingParams": "fastllm.engine.sampling_params",

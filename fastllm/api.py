@@ -11,13 +11,12 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence as Seq
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from tqdm.auto import tqdm
 
-from fastllm.engine.config import EngineConfig
+from fastllm.engine.config import engine_config
 from fastllm.engine.ids_tokenizer import TokenIdsTokenizer
 from fastllm.engine.llm_engine import LLMEngine
 from fastllm.engine.outputs import CompletionOutput, RequestOutput
@@ -32,14 +31,6 @@ __all__ = ["LLM", "CompletionOutput", "RequestOutput", "TextStream", "generate",
 # A prompt is text or token ids; `generate` takes one text or a list of either.
 Prompt = Union[str, Seq[int]]
 Messages = Seq[dict[str, Any]]
-ENGINE_OPTIONS = tuple(field.name for field in fields(EngineConfig) if field.name != "model")
-
-
-def _engine_config(options: dict[str, Any]) -> EngineConfig:
-    unknown = sorted(options.keys() - set(ENGINE_OPTIONS) - {"model"})
-    if unknown:
-        raise TypeError(f"unknown engine option {', '.join(unknown)}: the options are {', '.join(ENGINE_OPTIONS)}")
-    return EngineConfig(**options)
 
 
 class LLM:
@@ -51,7 +42,7 @@ class LLM:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, **engine_options: Any) -> None:
-        self._attach(LLMEngine.from_config(_engine_config({"model": model, **engine_options})))
+        self._attach(LLMEngine.from_config(engine_config({"model": model, **engine_options})))
 
     def _attach(self, engine: LLMEngine) -> None:
         self.engine = engine
@@ -71,7 +62,7 @@ class LLM:
         if taken:
             raise TypeError(f"from_model takes the model's own {', '.join(sorted(taken))}; do not pass them")
         llm = cls.__new__(cls)
-        engine = LLMEngine(model.eval(), tokenizer or TokenIdsTokenizer(model.config), _engine_config(engine_options))
+        engine = LLMEngine(model.eval(), tokenizer or TokenIdsTokenizer(model.config), engine_config(engine_options))
         llm._attach(engine)
         return llm
 

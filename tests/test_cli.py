@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fastllm import SamplingParams, cli
+from fastllm import SamplingParams
+from fastllm.entrypoints import cli
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,13 @@ def test_bad_values_exit_with_a_message(capsys, llm):
     assert code == 2 and "/no/such.gguf" in err
 
 
+def test_serve_refuses_bad_options_before_loading(capsys):
+    code, _, err = run(capsys, "serve", "--max-num-seqs", "0")
+    assert code == 2 and "max_num_seqs must be an int >= 1" in err
+    code, _, err = run(capsys, "serve", "--max-waiting-requests", "-1")
+    assert code == 2 and "--max-waiting-requests must be >= 0" in err
+
+
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([])
@@ -85,4 +93,5 @@ def test_usage_errors_exit_2(capsys):
 def test_the_cli_uses_only_the_public_api():
     tree = ast.parse(Path(cli.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert {m for m in imported if m.startswith("fastllm")} <= {"fastllm", "fastllm.api"}
+    # (fastllm.entrypoints.openai: the server, a sibling front end, for `fastllm serve`)
+    assert {m for m in imported if m.startswith("fastllm")} <= {"fastllm", "fastllm.api", "fastllm.entrypoints.openai"}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -87,3 +88,14 @@ class EngineConfig:
     def token_budget(self) -> int:
         """max_num_batched_tokens with its default filled in."""
         return self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+
+ENGINE_OPTIONS = tuple(field.name for field in fields(EngineConfig) if field.name != "model")
+
+
+def engine_config(options: dict[str, Any]) -> EngineConfig:
+    """EngineConfig(**options), with a TypeError naming the valid options for an unknown one."""
+    unknown = sorted(options.keys() - set(ENGINE_OPTIONS) - {"model"})
+    if unknown:
+        raise TypeError(f"unknown engine option {', '.join(unknown)}: the options are {', '.join(ENGINE_OPTIONS)}")
+    return EngineConfig(**options)

@@ -22,7 +22,7 @@ from fastllm.engine.config import EngineConfig
 from fastllm.engine.cuda_graphs import graph_blocks_per_seq, supports_cuda_graphs
 from fastllm.engine.memory import num_kv_blocks, step_memory_reserve
 from fastllm.engine.model_runner import ModelRunner
-from fastllm.engine.outputs import RequestOutput
+from fastllm.engine.outputs import EngineStats, RequestOutput
 from fastllm.engine.placement import resolve_device, resolve_dtype
 from fastllm.engine.processor import InputProcessor
 from fastllm.engine.request import Request
@@ -241,6 +241,23 @@ class LLMEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self._requests)
 
+    def stats(self) -> EngineStats:
+        """Running and waiting requests, KV blocks, prefix-cache counts, now."""
+        running = sum(
+            1 for request in self._requests.values()
+            if any(sample.status is SequenceStatus.RUNNING for sample in request.samples)
+        )
+        blocks = self.block_manager
+        return EngineStats(
+            num_running_requests=running,
+            num_waiting_requests=len(self._requests) - running,
+            num_kv_blocks=blocks.num_blocks,
+            num_free_kv_blocks=blocks.num_free_blocks,
+            prefix_cache_queries=blocks.num_cache_queries,
+            prefix_cache_hits=blocks.num_cache_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
+
     # -- stepping -----------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
@@ -282,6 +299,7 @@ class LLMEngine:
         seq.append_token(token)
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
+        seq.metrics.last_token_time = now
         if logprobs is not None:
             seq.logprobs.append(logprobs)
         self._check_stop(seq, token)

@@ -16,6 +16,7 @@ class RequestMetrics:
     arrival_time: float
     first_scheduled_time: float | None = None
     first_token_time: float | None = None  # the first token of any sample
+    last_token_time: float | None = None  # the latest token of any sample (inter-token latency)
     finished_time: float | None = None  # when the last sample finished
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at the first admission
     num_preemptions: int = 0
@@ -49,7 +50,9 @@ class CompletionOutput:
             "length" (max_tokens or the context length) or "abort".
         stop_reason: the stop string or stop token id that ended generation; None otherwise.
         logprobs: with SamplingParams.logprobs, one {token id: log-probability} dict per generated
-            token (the top-N plus the sampled token, from the model's raw distribution).
+            token, from the model's raw distribution: the top N in descending order, then the
+            sampled token when it is not among them (so the first N items are the top N, and
+            `logprobs[i][token_ids[i]]` is the sampled token's).
     """
 
     index: int
@@ -100,3 +103,30 @@ class RequestOutput:
     @property
     def logprobs(self) -> list[dict[int, float]] | None:
         return self.outputs[0].logprobs
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """The engine's load at one moment (`LLMEngine.stats`), e.g. for a server's metrics.
+
+    A request is running while one of its samples holds KV blocks (being prefilled or decoded),
+    waiting otherwise (queued, or preempted). KV blocks in use are those some running sequence
+    holds; a free block may still hold a cached prefix. The prefix-cache counts are cumulative
+    prompt tokens looked up and found at admissions.
+    """
+
+    num_running_requests: int
+    num_waiting_requests: int
+    num_kv_blocks: int
+    num_free_kv_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+    @property
+    def num_used_kv_blocks(self) -> int:
+        return self.num_kv_blocks - self.num_free_kv_blocks
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0

@@ -27,6 +27,11 @@ from fastllm.loader.prompt_format import PromptFormat
 if TYPE_CHECKING:
     from fastllm.tokenizer import Tokenizer
 
+
+class ContextLengthError(ValueError):
+    """A prompt, or prompt + max_tokens, that does not fit max_model_len or the KV pool."""
+
+
 class InputProcessor:
     """Checks and builds requests for a model with `vocab_size` ids, `max_model_len` positions and
     a KV pool of `num_kv_blocks` blocks of `block_size` tokens."""
@@ -127,7 +132,7 @@ class InputProcessor:
         capacity = min(self.max_model_len, pool_tokens + 1)
         if prompt_len >= capacity:
             limit = "max_model_len" if capacity == self.max_model_len else "the KV cache (num_kv_blocks * block_size)"
-            raise ValueError(
+            raise ContextLengthError(
                 f"the prompt has {prompt_len} tokens, but {limit} allows at most {capacity - 1} "
                 f"prompt tokens (plus one generated)"
             )
@@ -135,12 +140,12 @@ class InputProcessor:
             return capacity - prompt_len
         total = prompt_len + params.max_tokens
         if total > self.max_model_len:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prompt ({prompt_len} tokens) + max_tokens ({params.max_tokens}) = {total} exceeds "
                 f"max_model_len ({self.max_model_len})"
             )
         if total - 1 > pool_tokens:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prompt ({prompt_len} tokens) + max_tokens ({params.max_tokens}) needs "
                 f"{-(-(total - 1) // self.block_size)} KV blocks but the pool has {self.num_kv_blocks}; "
                 f"raise num_kv_blocks or lower max_tokens"

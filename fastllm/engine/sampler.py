@@ -38,8 +38,8 @@ def step_seed(seed: int, step: int) -> int:
 @dataclass
 class SamplerOutput:
     token_ids: list[int]
-    # Per row: {token id: log-probability} for the top-N tokens plus the sampled one; None for
-    # rows that did not ask for logprobs.
+    # Per row: {token id: log-probability} for the top-N tokens (descending) plus the sampled one
+    # (last, when not among them); None for rows that did not ask for logprobs.
     logprobs: list[dict[int, float] | None]
 
 
@@ -57,12 +57,13 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """Sample one token per row of `logits` (float32 [N, vocab]); row i belongs to seqs[i]."""
         params = [seq.params for seq in seqs]
-        wants_logprobs = [p.logprobs is not None for p in params]
-        raw_logprobs = torch.log_softmax(logits, dim=-1) if any(wants_logprobs) else None
-
         if self.num_text_tokens is not None and self.num_text_tokens < logits.shape[1]:
             logits = logits.clone()
             logits[:, self.num_text_tokens :] = float("-inf")
+        # Only the rows that ask: a batch without logprobs pays one scan of its parameters.
+        logprob_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        raw_logprobs = torch.log_softmax(logits[logprob_rows], dim=-1) if logprob_rows else None
+
         logits = self._mask_early_stops(logits, seqs)
         logits = self._apply_penalties(logits, seqs)
         if all(p.is_greedy for p in params):
@@ -73,16 +74,15 @@ class Sampler:
 
         logprobs: list[dict[int, float] | None] = [None] * len(seqs)
         if raw_logprobs is not None:
-            rows = [i for i, wanted in enumerate(wants_logprobs) if wanted]
+            rows = logprob_rows
             top_n = max(params[i].logprobs for i in rows)
-            picked = raw_logprobs[rows]
-            sampled = picked.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
-            top = picked.topk(top_n, dim=-1)
+            sampled = raw_logprobs.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
+            top = raw_logprobs.topk(top_n, dim=-1)
             top_values, top_ids = top.values.tolist(), top.indices.tolist()
             for j, row in enumerate(rows):
                 n = params[row].logprobs
-                entry = dict(zip(top_ids[j][:n], top_values[j][:n]))
-                entry[token_ids[row]] = sampled[j]
+                entry = dict(zip(top_ids[j][:n], top_values[j][:n]))  # descending
+                entry.setdefault(token_ids[row], sampled[j])  # the sampled token last, when not in the top n
                 logprobs[row] = entry
         return SamplerOutput(token_ids, logprobs)
 

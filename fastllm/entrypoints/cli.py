@@ -1,9 +1,10 @@
-"""The `fastllm` command: generate, chat, tokenize, demo.
+"""The `fastllm` command: generate, chat, tokenize, serve, demo.
 
     fastllm generate "Once upon a time" --max-tokens 64 --temperature 0.7 --stream
     fastllm generate "What is a paged KV cache?" --chat
     fastllm chat                      # interactive, streaming; /reset clears the history, /exit quits
     fastllm tokenize "Hello world"    # token ids as JSON
+    fastllm serve --port 8000         # the OpenAI-compatible server (needs the `serve` extra)
     fastllm demo                      # what `make demo` runs
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from fastllm import LLM, RequestOutput, SamplingParams, Tokenizer, default_model_path
 from fastllm.api import get_llm
+from fastllm.entrypoints.openai import args as serve_args
 
 DEMO_QUESTION = "Explain in two sentences why the sky is blue."
 DEMO_MAX_TOKENS = 96
@@ -57,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("text")
     tokenize.add_argument("--model", default=None, help="GGUF file or HF folder whose tokenizer to use")
     tokenize.add_argument("--tokens", action="store_true", help="print [id, piece] pairs instead of ids")
+
+    serve = commands.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    _add_model_options(serve)
+    serve_args.add_arguments(serve)
 
     commands.add_parser("demo", help="answer a question with the default model; print text and tokens/s")
     return parser
@@ -164,7 +170,15 @@ def _demo(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _generate, "chat": _chat, "tokenize": _tokenize, "demo": _demo}
+def _serve(args: argparse.Namespace) -> int:
+    try:  # only here: FastAPI, uvicorn and prometheus_client are the `serve` extra
+        from fastllm.entrypoints.openai import api_server
+    except ImportError as error:
+        raise ValueError(f"serving needs the `serve` extra ({error}): pip install 'fastllm[serve]'") from None
+    return api_server.run(args)
+
+
+COMMANDS = {"generate": _generate, "chat": _chat, "tokenize": _tokenize, "serve": _serve, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
