@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType as Q
 from fastllm import LLM, SamplingParams
 from fastllm.loader import CheckpointError, load_checkpoint
 from fastllm.model import get_backend, load_model
-from fastllm.model.linear import encoded_types
+from fastllm.model.linear import EncodedLinear, encoded_types
 from family_testing import FAMILIES, build, save_folder, write_gguf
 from llama_testing import hf_greedy, paged_logits
 
@@ -72,6 +72,8 @@ def test_one_call_decode_equals_the_layer_by_layer_path(families, family):
     _, _, path, references = families[family]
     model = _load(path, "cpu")
     assert model._fused_decode is not None  # every family's layer runs in the C++ decode step
+    for linear in _encoded_linears(model):
+        linear.direct_max_rows = 1 << 20  # both paths on the register-decoding kernel, whatever was measured
     fused = paged_logits(model, PROMPTS, [tokens for _, tokens in references], block_size=4)
     model._fused_decode = None
     layered = paged_logits(model, PROMPTS, [tokens for _, tokens in references], block_size=4)
@@ -139,3 +141,9 @@ def test_unsupported_gemma_variants_name_what_is_missing(families, tmp_path, cha
     (tmp_path / "model.safetensors").symlink_to(folder / "model.safetensors")
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(tmp_path)
+
+
+def _encoded_linears(model) -> list[EncodedLinear]:
+    layers = [(layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+              for layer in model.layers]
+    return [linear for group in layers for linear in group if isinstance(linear, EncodedLinear)]

@@ -71,10 +71,13 @@ class ParallelRanks:
     """Rank 0's side of the group: the group to send steps on, and the processes it spawned (none
     when an external launcher started the ranks)."""
 
-    def __init__(self, group: TensorParallelGroup, workers: WorkerProcesses | None) -> None:
+    def __init__(self, group: TensorParallelGroup, workers: WorkerProcesses | None, threads: int) -> None:
         self.group = group
         self.workers = workers
         self._closed = False
+        # Rank 0 shares the host's cores with the ranks it spawned, until they stop.
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(threads)
         # Stop the ranks when the engine goes away without close() (also at interpreter exit).
         self._finalizer = weakref.finalize(self, _stop, workers, group)
 
@@ -88,7 +91,8 @@ class ParallelRanks:
                     f"this process is rank {os.environ['RANK']} of a {size}-rank launch: the engine runs on rank 0, "
                     "the other ranks run `python -m fastllm.distributed.worker` with the same model and options"
                 )
-            return cls(TensorParallelGroup.initialize(0, size, "env://", placement.device, COLLECTIVE_TIMEOUT_S), None)
+            group = TensorParallelGroup.initialize(0, size, "env://", placement.device, COLLECTIVE_TIMEOUT_S)
+            return cls(group, None, placement.threads)
         init_method = f"tcp://127.0.0.1:{free_port()}"
         workers = WorkerProcesses(size, run_worker, (size, init_method, config, placement))
         try:
@@ -97,7 +101,7 @@ class ParallelRanks:
         except BaseException:
             workers.stop()
             raise
-        return cls(group, workers)
+        return cls(group, workers, placement.threads)
 
     def wait_loaded(self) -> None:
         """Return once every rank has loaded its part of the model."""
@@ -126,6 +130,7 @@ class ParallelRanks:
         except RuntimeError:
             pass  # a rank is gone: stopping the processes below is all that is left
         self._finalizer()
+        torch.set_num_threads(self._threads_before)
 
 
 def _stop(workers: WorkerProcesses | None, group: TensorParallelGroup) -> None:

@@ -165,7 +165,6 @@ class LLMEngine:
         size = config.tensor_parallel_size
         placement = Placement.resolve(config, ranks_on_this_host=1 if launched_externally(size) else size)
         files = load(config.model, keep_encoded=keep_encoded, shard=placement.shard_for(0, size))
-        torch.set_num_threads(placement.threads)
         ranks = ParallelRanks.start(config, placement)
         try:
             model = load_model(files.checkpoint, dtype=dtype, device=ranks.group.device, backend=backend,
