@@ -108,7 +108,10 @@ class ModelShard:
             return tensor  # norms, rope frequencies: every rank holds them whole
         dim, kept = cut
         if kind == "bias":
-            return tensor[kept.start : kept.stop].clone() if dim == 0 else tensor
+            if dim == 0:
+                return tensor[kept.start : kept.stop].clone()
+            # A row-parallel projection's bias joins every rank's partial sum: rank 0 alone adds it.
+            return tensor if self.rank == 0 else torch.zeros_like(tensor)
         return _cut(tensor, dim, kept)
 
     def _vocab_rows(self, tensor: torch.Tensor | QuantizedTensor) -> torch.Tensor | QuantizedTensor:
