@@ -19,7 +19,6 @@ import functools
 import os
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -27,9 +26,8 @@ from fastllm.distributed.group import TensorParallelGroup
 from fastllm.distributed.sharding import ModelShard
 from fastllm.distributed.workers import WorkerProcesses, free_port
 from fastllm.engine.config import EngineConfig
-from fastllm.engine.placement import resolve_device, resolve_dtype
+from fastllm.engine.placement import Placement, launched_externally
 from fastllm.engine.step_inputs import StepInputs
-from fastllm.model.backend import resolve_backend
 
 # Seconds a collective may wait for another rank (a step, or start-up's KV cache sizing).
 COLLECTIVE_TIMEOUT_S = 120.0
@@ -38,33 +36,10 @@ START_TIMEOUT_S = 120.0
 LOAD_TIMEOUT_S = 1800.0
 
 
-def launched_externally(size: int) -> bool:
-    """Whether this process is one rank of a torchrun-style launch of `size` ranks."""
-    return "RANK" in os.environ and os.environ.get("WORLD_SIZE") == str(size)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where and how a rank runs the model (the same device type, dtype and backend on every rank)."""
-
-    device: torch.device
-    dtype: torch.dtype
-    backend: str
-    threads: int
-
-    @classmethod
-    def resolve(cls, config: EngineConfig, *, ranks_on_this_host: int) -> Placement:
-        """The config's device, dtype and backend resolved; CPU ranks on one host share its cores."""
-        device = resolve_device(config.device)
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            threads = max(1, threads // ranks_on_this_host)
-        return cls(device, resolve_dtype(config.dtype, device), resolve_backend(config.backend, device), threads)
-
-    def shard_for(self, rank: int, world_size: int) -> functools.partial[ModelShard]:
-        """The loaders' `shard` argument for `rank` (checks the size against the CUDA devices present)."""
-        devices = torch.cuda.device_count() if self.device.type == "cuda" else None
-        return functools.partial(ModelShard, rank=rank, world_size=world_size, device_count=devices)
+def shard_for(placement: Placement, rank: int, world_size: int) -> functools.partial[ModelShard]:
+    """The loaders' `shard` argument for `rank` (checks the size against the CUDA devices present)."""
+    devices = torch.cuda.device_count() if placement.device.type == "cuda" else None
+    return functools.partial(ModelShard, rank=rank, world_size=world_size, device_count=devices)
 
 
 class ParallelRanks:
@@ -151,7 +126,7 @@ def serve_rank(rank: int, group: TensorParallelGroup, config: EngineConfig, plac
     checkpoint = load_checkpoint(
         default_model_path() if config.model is None else config.model,
         keep_encoded=encoded_types(placement.backend, placement.device, placement.dtype),
-        shard=placement.shard_for(rank, group.world_size),
+        shard=shard_for(placement, rank, group.world_size),
     )
     model = load_model(checkpoint, dtype=placement.dtype, device=group.device, backend=get_backend(placement.backend),
                        group=group)

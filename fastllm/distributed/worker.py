@@ -47,7 +47,8 @@ def engine_config(argv: list[str] | None = None) -> EngineConfig:
 
 def main(argv: list[str] | None = None) -> None:
     from fastllm.distributed.group import TensorParallelGroup
-    from fastllm.distributed.launch import COLLECTIVE_TIMEOUT_S, LOAD_TIMEOUT_S, Placement, serve_rank
+    from fastllm.distributed.launch import COLLECTIVE_TIMEOUT_S, LOAD_TIMEOUT_S, serve_rank
+    from fastllm.engine.placement import Placement
 
     config = engine_config(argv)
     missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     if size != config.tensor_parallel_size or rank == 0:
         raise SystemExit(f"this is rank {rank} of {size}: the worker is every rank but 0 of a launch of "
                          f"--tensor-parallel-size ({config.tensor_parallel_size}) ranks")
-    placement = Placement.resolve(config, ranks_on_this_host=1)
+    placement = Placement.resolve(config)
     group = TensorParallelGroup.initialize(rank, size, "env://", placement.device, COLLECTIVE_TIMEOUT_S)
     try:
         serve_rank(rank, group, config, placement, lambda: group.barrier(LOAD_TIMEOUT_S))

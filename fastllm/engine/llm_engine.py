@@ -23,7 +23,7 @@ from fastllm.engine.cuda_graphs import graph_blocks_per_seq, supports_cuda_graph
 from fastllm.engine.memory import num_kv_blocks, step_memory_reserve
 from fastllm.engine.model_runner import ModelRunner
 from fastllm.engine.outputs import EngineStats, RequestOutput
-from fastllm.engine.placement import resolve_device, resolve_dtype
+from fastllm.engine.placement import Placement
 from fastllm.engine.processor import InputProcessor
 from fastllm.engine.request import Request
 from fastllm.engine.sampler import Sampler
@@ -32,7 +32,7 @@ from fastllm.engine.scheduler import Scheduler
 from fastllm.engine.sequence import Sequence, SequenceStatus
 from fastllm.engine.step_inputs import StepInputs
 from fastllm.loader.prompt_format import PromptFormat
-from fastllm.model.backend import get_backend, resolve_backend
+from fastllm.model.backend import get_backend
 from fastllm.model.llama import LlamaForCausalLM
 
 if TYPE_CHECKING:
@@ -150,9 +150,8 @@ class LLMEngine:
         from fastllm.model import load_model
         from fastllm.model.linear import encoded_types
 
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
-        backend = get_backend(resolve_backend(config.backend, device))
+        placement = Placement.resolve(config)
+        device, dtype, backend = placement.device, placement.dtype, get_backend(placement.backend)
         # GGUF matrices the model reads encoded stay in the file's memory mapping.
         keep_encoded = encoded_types(backend.name, device, dtype)
         if config.tensor_parallel_size == 1:
@@ -160,11 +159,9 @@ class LLMEngine:
             model = load_model(files.checkpoint, dtype=dtype, device=device, backend=backend)
             return cls(model, files.tokenizer, config, files.prompt_format)
 
-        from fastllm.distributed.launch import ParallelRanks, Placement, launched_externally
+        from fastllm.distributed.launch import ParallelRanks, shard_for
 
-        size = config.tensor_parallel_size
-        placement = Placement.resolve(config, ranks_on_this_host=1 if launched_externally(size) else size)
-        files = load(config.model, keep_encoded=keep_encoded, shard=placement.shard_for(0, size))
+        files = load(config.model, keep_encoded=keep_encoded, shard=shard_for(placement, 0, config.tensor_parallel_size))
         ranks = ParallelRanks.start(config, placement)
         try:
             model = load_model(files.checkpoint, dtype=dtype, device=ranks.group.device, backend=backend,
