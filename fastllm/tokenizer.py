@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import os
 import unicodedata
+from array import array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -49,6 +50,47 @@ class TokenType:
 
 # The core's piece kinds: merged (normal), byte fallback, never merged (the rest).
 _KIND_NORMAL, _KIND_BYTE, _KIND_OTHER = 0, 1, 2
+
+
+class _Vocabulary:
+    """The vocabulary's strings by id, stored as one string and the offsets into it: a list of
+    one str object per token costs about 80 bytes each (4 MB for a 49k vocabulary, held for the
+    process's life); this costs the characters and 4 bytes per id."""
+
+    def __init__(self, tokens: Sequence[str | None], size: int, extra: dict[int, str]) -> None:
+        pieces: list[str] = []
+        ends = array("I")
+        missing: list[int] = []
+        length = 0
+        for token_id in range(size):
+            token = tokens[token_id] if token_id < len(tokens) else None
+            if token is None:
+                token = extra.get(token_id)
+            if token is None:
+                missing.append(token_id)
+            else:
+                pieces.append(token)
+                length += len(token)
+            ends.append(length)
+        self._text = "".join(pieces)
+        self._ends = ends
+        self._missing = frozenset(missing)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, token_id: int) -> str | None:
+        if token_id in self._missing:
+            return None
+        return self._text[self._ends[token_id - 1] if token_id > 0 else 0 : self._ends[token_id]]
+
+    def items(self) -> Iterable[tuple[int, str]]:
+        """(id, string) of every id that has a string."""
+        start = 0
+        for token_id, end in enumerate(self._ends):
+            if token_id not in self._missing:
+                yield token_id, self._text[start:end]
+            start = end
 
 
 class Tokenizer:
@@ -179,10 +221,10 @@ class Tokenizer:
     ) -> None:
         self._core = core
         self._added = added
-        self._tokens = list(tokens) + [None] * (core.vocab_size - len(tokens))
+        contents: dict[int, str] = {}
         for token_id, content, _, _ in added:
-            if self._tokens[token_id] is None:
-                self._tokens[token_id] = content
+            contents.setdefault(token_id, content)
+        self._tokens = _Vocabulary(tokens, core.vocab_size, contents)
         self._token_ids: dict[str, int] | None = None
         self._nfc = False
         self.model = model
@@ -323,7 +365,7 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         """The id of a vocabulary string or added token, None if there is none."""
         if self._token_ids is None:
-            self._token_ids = {t: i for i, t in enumerate(self._tokens) if t is not None}
+            self._token_ids = {t: i for i, t in self._tokens.items()}
             self._token_ids.update({content: i for i, content, _, _ in self._added})
         return self._token_ids.get(token)
 

@@ -65,6 +65,27 @@ def test_default_model_metadata(tokenizer: Tokenizer) -> None:
     assert tokenizer.is_special(0) and not tokenizer.is_special(260)
 
 
+def test_every_id_maps_to_its_vocabulary_string(tokenizer: Tokenizer) -> None:
+    from fastllm.loader.gguf_file import GGUFFile
+
+    tokens = GGUFFile(default_model_path()).metadata["tokenizer.ggml.tokens"]
+    assert [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)] == tokens
+    assert all(tokenizer.token_to_id(token) == i for i, token in enumerate(tokens))
+
+
+def test_ids_without_a_string_and_added_tokens_past_the_vocabulary() -> None:
+    tokens = ["a", "b", None, "ab", "\u0120"]
+    added = [(7, "<x>", True), (2, "<gap>", False)]
+    tok = Tokenizer(tokens, [("a", "b")], pre_tokenizer="gpt2", added_tokens=added)
+    assert tok.vocab_size == 8
+    assert [tok.id_to_token(i) for i in (0, 1, 2, 3, 4, 7)] == ["a", "b", "<gap>", "ab", "\u0120", "<x>"]
+    for unused in (5, 6):
+        with pytest.raises(ValueError, match="not a token id"):
+            tok.id_to_token(unused)
+    assert (tok.token_to_id("<x>"), tok.token_to_id("<gap>"), tok.token_to_id("ab")) == (7, 2, 3)
+    assert tok.encode("ab<x>") == [3, 7]
+
+
 def test_issue_example(tokenizer: Tokenizer) -> None:
     assert tokenizer.encode("x\n\n7") == [104, 1116, 39]
 

@@ -46,8 +46,9 @@ Part = tuple[torch.Tensor, GGMLQuantizationType]
 
 # dequantized_matmul's default panel: this many bytes of float32 weights, never fewer than
 # _MIN_PANEL_ROWS rows. Each panel's torch.mm packs x anew, so small panels lose to F.linear on
-# the whole matrix; panels from 0.25 to 32 MB were measured (benchmarks/README.md).
-_PANEL_BYTES = 8 << 20
+# the whole matrix, while the panel is part of a prefill's peak memory; 4 MB prefilled as fast as
+# 8 MB and 2 MB 5-10% slower (benchmarks/README.md, "Panels").
+_PANEL_BYTES = 4 << 20
 _MIN_PANEL_ROWS = 64
 
 
@@ -141,7 +142,7 @@ def dequantized_matmul(
     x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None = None, panel_rows: int | None = None
 ) -> torch.Tensor:
     """`quantized_matmul`'s product, computed panel by panel: `panel_rows` weight rows (default:
-    about 8 MB of float32) decoded into a buffer, then torch.mm into their columns of out."""
+    about 4 MB of float32) decoded into a buffer, then torch.mm into their columns of out."""
     x, checked, out = _check_matmul(x, parts, out)
     if panel_rows is None:
         panel_rows = _panel_rows(x.shape[1])

@@ -77,7 +77,6 @@ def load(
     # this package) must not need it.
     from fastllm.loader.gguf_file import GGUFFile
     from fastllm.loader.gguf_loader import load_gguf
-    from fastllm.loader.hf_loader import load_hf_folder, read_json
     from fastllm.tokenizer import Tokenizer
 
     location = model_location(default_model_path() if path is None else path)
@@ -86,6 +85,8 @@ def load(
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=gguf.path)
         checkpoint = load_gguf(gguf, keep_encoded=keep_encoded, shard=shard)
         return ModelFiles(checkpoint, tokenizer, gguf_prompt_format(gguf.metadata, tokenizer))
+    from fastllm.loader.hf_loader import load_hf_folder, read_json  # and safetensors: only for folders
+
     tokenizer_file = location / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(location, "the folder has no tokenizer.json (fastllm reads the tokenizer from it)")
