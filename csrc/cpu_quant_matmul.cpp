@@ -62,7 +62,7 @@ const HalfTable kHalves;
 namespace generic_isa {
 struct Isa {
     static constexpr int kLanes = 4, kAccumulators = 8;  // 16 SSE / NEON registers
-    static constexpr bool kLookup16 = false;
+    static constexpr bool kLookup16 = false, kXInRegister = false;
     typedef float F __attribute__((vector_size(kLanes * sizeof(float))));
     typedef int32_t I __attribute__((vector_size(kLanes * sizeof(int32_t))));
     static F fma(F a, F b, F c) { return a * b + c; }
@@ -109,6 +109,7 @@ namespace avx2_isa {
 struct Isa {
     static constexpr int kLanes = 8, kAccumulators = 8;  // 16 ymm registers
     static constexpr bool kLookup16 = false;  // a 16-entry table takes two ymm registers
+    static constexpr bool kXInRegister = false;
     typedef float F __attribute__((vector_size(kLanes * sizeof(float))));
     typedef int32_t I __attribute__((vector_size(kLanes * sizeof(int32_t))));
     static F fma(F a, F b, F c) { return (F)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
@@ -136,7 +137,7 @@ struct Isa {
 namespace avx512_isa {
 struct Isa {
     static constexpr int kLanes = 16, kAccumulators = 24;  // 32 zmm registers
-    static constexpr bool kLookup16 = true;
+    static constexpr bool kLookup16 = true, kXInRegister = true;
     typedef float F __attribute__((vector_size(kLanes * sizeof(float))));
     typedef int32_t I __attribute__((vector_size(kLanes * sizeof(int32_t))));
     static F fma(F a, F b, F c) { return (F)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
