@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from typing import TYPE_CHECKING
 
 import torch
 
-from fastllm.model import host_heap
 from fastllm.model.backend import Backend
 from fastllm.model.llama import LlamaForCausalLM
 
@@ -34,7 +35,18 @@ def load_model(
     parallel = None if group is None else TensorParallel(group, checkpoint.shard)
     model = LlamaForCausalLM(checkpoint.config, backend, dtype=dtype, device=device, parallel=parallel)
     model.load_weights(checkpoint.weights)
-    if model.device.type == "cpu":
-        host_heap.keep_step_buffers()
-    host_heap.return_freed_memory()
+    _return_freed_heap()
     return model.eval()
+
+
+def _return_freed_heap() -> None:
+    """Give the C heap's free memory back to the system, where the C library can (glibc).
+
+    Loading frees tens of MB it used for a while (weights decoded or un-permuted, the inputs and
+    outputs of the matmul timings): glibc keeps such memory mapped once its allocation threshold
+    has grown, and a CPU process's resident memory would then carry it for its whole life.
+    """
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is not None:
+        trim(0)
