@@ -51,12 +51,13 @@ QK_K = 256  # K-quant super-block size
 # Rows generated (and quantized) at a time: bounds memory on the 8B's 128256 x 4096 embedding.
 CHUNK_VALUES = 1 << 24
 
-GGUF_PY_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.F16, Q.BF16)
+GGUF_PY_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.F16, Q.BF16)
 K_TYPES = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
 MATRIX_TYPES = (Q.F32, *GGUF_PY_TYPES, *K_TYPES)
 _FILE_TYPES = {  # general.file_type of the file, by its main matrix type
     Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16, Q.BF16: gguf.LlamaFileType.MOSTLY_BF16,
     Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, Q.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
+    Q.Q5_0: gguf.LlamaFileType.MOSTLY_Q5_0, Q.Q5_1: gguf.LlamaFileType.MOSTLY_Q5_1,
     Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M,
     Q.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M, Q.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K,
 }
