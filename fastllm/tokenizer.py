@@ -76,9 +76,6 @@ class _Vocabulary:
         self._ends = ends
         self._missing = frozenset(missing)
 
-    def __len__(self) -> int:
-        return len(self._ends)
-
     def __getitem__(self, token_id: int) -> str | None:
         if token_id in self._missing:
             return None

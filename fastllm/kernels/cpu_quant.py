@@ -46,8 +46,8 @@ Part = tuple[torch.Tensor, GGMLQuantizationType]
 
 # dequantized_matmul's default panel: this many bytes of float32 weights, never fewer than
 # _MIN_PANEL_ROWS rows. Each panel's torch.mm packs x anew, so small panels lose to F.linear on
-# the whole matrix, while the panel is part of a prefill's peak memory; 4 MB prefilled as fast as
-# 8 MB and 2 MB 5-10% slower (benchmarks/README.md, "Panels").
+# the whole matrix, while the panel is part of a prefill's peak memory: 4 MB prefilled as fast as
+# 8 MB, smaller panels slower (benchmarks/README.md, "CPU quantized matmul").
 _PANEL_BYTES = 4 << 20
 _MIN_PANEL_ROWS = 64
 
