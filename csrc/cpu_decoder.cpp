@@ -66,11 +66,12 @@ void decode_layers(const std::vector<DecoderLayerWeights>& layers, const Decoder
     }
 
     // Scratch, one piece per intermediate: decode batches are small.
-    std::vector<float> scratch(static_cast<size_t>(tokens) * (width + qkv_width + 2 * (q_size + kv_size) + q_size +
-                                                              2 * width + 2 * inter + inter + width));
+    std::vector<float> scratch(static_cast<size_t>(tokens) * (width + 2 * qkv_width + 2 * (q_size + kv_size) +
+                                                              q_size + 2 * width + 2 * inter + inter + width));
     float* normed = scratch.data();
     float* qkv = normed + tokens * width;
-    float* q = qkv + tokens * qkv_width;
+    float* qkv_stored = qkv + tokens * qkv_width;  // the product in the parts' row order, before qkv_order
+    float* q = qkv_stored + tokens * qkv_width;
     float* k = q + tokens * q_size;
     float* qk_normed = k + tokens * kv_size;  // [tokens, q_size | kv_size]: q and k after their norms
     float* attended = qk_normed + tokens * (q_size + kv_size);
@@ -95,7 +96,16 @@ void decode_layers(const std::vector<DecoderLayerWeights>& layers, const Decoder
             rms_norm(layer_in, width, residual_out, width, tokens, width, layer.input_norm, shape.rms_norm_eps,
                      residual_out, normed, num_threads);
         }
-        quantized_matmul(normed, tokens, width, layer.qkv.data(), layer.qkv.size(), qkv, num_threads);
+        if (layer.qkv_order == nullptr) {
+            quantized_matmul(normed, tokens, width, layer.qkv.data(), layer.qkv.size(), qkv, num_threads);
+        } else {
+            quantized_matmul(normed, tokens, width, layer.qkv.data(), layer.qkv.size(), qkv_stored, num_threads);
+            for (int64_t t = 0; t < tokens; ++t) {
+                const float* stored = qkv_stored + t * qkv_width;
+                float* row = qkv + t * qkv_width;
+                for (int64_t j = 0; j < qkv_width; ++j) row[j] = stored[layer.qkv_order[j]];
+            }
+        }
         if (layer.qkv_bias != nullptr) {
             for (int64_t t = 0; t < tokens; ++t) {
                 float* row = qkv + t * qkv_width;

@@ -34,6 +34,9 @@ struct DecoderLayerWeights {
     const float* mlp_output_norm = nullptr;
     int64_t window = 0;  // > 0: a sliding window over the last `window` tokens
     bool local_rope = false;  // rotate with the batch's local tables
+    // [q_size + 2 * kv_size]: output column j of the qkv projection is column qkv_order[j] of the
+    // stacked parts' product (llama.cpp's permuted Q/K rows, read where they are stored).
+    const int64_t* qkv_order = nullptr;
 };
 
 enum class Activation { kSilu, kGeluTanh };  // the gated MLP's: SwiGLU or GeGLU

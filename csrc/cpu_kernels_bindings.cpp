@@ -240,7 +240,8 @@ fastllm::cpu::Activation activation_named(const std::string& name) {
 // Every decoder layer's weights, kept alive (the arrays may be views of a memory-mapped file).
 // A layer is a dict: "input_norm", "post_attention_norm" (float32 [hidden]), "qkv", "o", "gate_up",
 // "down" (lists of (uint8 rows, ggml type)), and optionally "qkv_bias", "q_norm", "k_norm",
-// "attention_output_norm", "mlp_output_norm" (float32 arrays), "window" (int), "local_rope" (bool).
+// "attention_output_norm", "mlp_output_norm" (float32 arrays), "window" (int), "local_rope" (bool),
+// "qkv_order" (int64 [q_size + 2 * kv_size]: the qkv stack column each output column takes).
 class DecoderStack {
   public:
     using Parts = std::vector<std::pair<Array<uint8_t>, int>>;
@@ -251,7 +252,7 @@ class DecoderStack {
           shape_{hidden, intermediate, num_heads, num_kv_heads, head_dim, eps, scale, activation_named(activation)} {
         static const char* const kKeys[] = {"input_norm", "post_attention_norm", "qkv", "o", "gate_up", "down",
                                             "qkv_bias", "q_norm", "k_norm", "attention_output_norm",
-                                            "mlp_output_norm", "window", "local_rope"};
+                                            "mlp_output_norm", "window", "local_rope", "qkv_order"};
         const int64_t q_size = num_heads * head_dim, qkv_width = q_size + 2 * num_kv_heads * head_dim;
         for (size_t i = 0; i < layers.size(); ++i) {
             const py::dict& layer = layers[i];
@@ -273,6 +274,7 @@ class DecoderStack {
             weights.mlp_output_norm = optional_vector(layer, "mlp_output_norm", hidden, name);
             weights.window = layer.contains("window") ? layer["window"].cast<int64_t>() : 0;
             weights.local_rope = layer.contains("local_rope") && layer["local_rope"].cast<bool>();
+            weights.qkv_order = optional_order(layer, "qkv_order", qkv_width, name);
             layers_.push_back(std::move(weights));
         }
     }
@@ -341,6 +343,25 @@ class DecoderStack {
 
     const float* optional_vector(const py::dict& layer, const char* key, int64_t size, const std::string& layer_name) {
         return layer.contains(key) && !layer[key].is_none() ? vector(layer, key, size, layer_name) : nullptr;
+    }
+
+    // An optional column order: `size` indices, each in 0..size - 1.
+    const int64_t* optional_order(const py::dict& layer, const char* key, int64_t size, const std::string& layer_name) {
+        if (!layer.contains(key) || layer[key].is_none()) return nullptr;
+        const std::string name = layer_name + "[" + key + "]";
+        const Array<int64_t> order = layer[key].cast<Array<int64_t>>();
+        const int64_t* data = c_contiguous_data(order, name.c_str(), 1);
+        if (order.shape(0) != size) {
+            throw std::invalid_argument(name + " must have " + std::to_string(size) + " values");
+        }
+        for (int64_t i = 0; i < size; ++i) {
+            if (data[i] < 0 || data[i] >= size) {
+                throw std::invalid_argument(name + " holds " + std::to_string(data[i]) + ", outside 0.." +
+                                            std::to_string(size - 1));
+            }
+        }
+        arrays_.append(order);
+        return data;
     }
 
     std::vector<fastllm::cpu::QuantMatrix> matrices(const py::dict& layer, const char* key,

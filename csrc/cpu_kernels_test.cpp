@@ -345,10 +345,13 @@ void test_decode_layers_with_every_family_piece() {
         const float* data = floats(rows * cols);
         return QuantMatrix{reinterpret_cast<const uint8_t*>(data), 0, rows, cols * 4};
     };
+    std::vector<int64_t> reversed(qkv_width);  // layer 1 reads its qkv columns through an order
+    for (int64_t j = 0; j < qkv_width; ++j) reversed[j] = qkv_width - 1 - j;
     std::vector<DecoderLayerWeights> layers;
     for (int64_t i = 0; i < 2; ++i) {
         DecoderLayerWeights layer{floats(32), floats(32), {matrix(qkv_width, 32)}, {matrix(32, 128)},
                                   {matrix(96, 32)}, {matrix(32, 48)}};
+        if (i == 1) layer.qkv_order = reversed.data();
         layer.qkv_bias = floats(qkv_width);
         layer.q_norm = floats(32);
         layer.k_norm = floats(32);

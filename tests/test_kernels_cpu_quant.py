@@ -166,6 +166,33 @@ def test_stacked_parts_of_mixed_types(isa, generator, threads):
         assert error(result, x, weights) < TOLERANCE
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_gated_matmul_and_row_orders_read_the_stack_as_decoded(isa, generator, threads):
+    """Gate and up rows from parts of mixed types (a chunk's rows straddling parts), some parts
+    stored in another order: the same weights as decoding the stack and reordering it."""
+    threads(2)
+    shapes = [(Q.Q4_K, 13), (Q.Q6_K, 9), (Q.Q8_0, 20)]  # 42 rows: gate 0..20, up 21..41
+    parts = [(random_weights(qtype, rows, 256, generator), qtype) for qtype, rows in shapes]
+    orders = [torch.randperm(13, generator=generator), None, torch.randperm(20, generator=generator)]
+    weights = torch.cat([gguf_dequantize(data, qtype)[order] if order is not None else gguf_dequantize(data, qtype)
+                         for (data, qtype), order in zip(parts, orders)])
+    x = torch.randn(17, 256, generator=generator)
+    with cpu_quant.forced_isa(isa):
+        panels = cpu_quant.dequantized_matmul(x, parts, panel_rows=5, row_orders=orders)
+        assert error(panels, x, weights) < TOLERANCE
+        # gate * up, each within TOLERANCE * scale of float64: the product within the bound that gives.
+        gate, up = (x.double() @ weights.double().T).chunk(2, dim=1)
+        slack = TOLERANCE * (x.double().abs() @ weights.double().abs().T).max()
+        for chunk in (1, 4, 21, None):
+            gated = cpu_quant.dequantized_gated_matmul(x, parts, _glu, chunk_rows=chunk, row_orders=orders)
+            assert ((gated.double() - gate * up).abs() <= slack * (gate.abs() + up.abs() + slack)).all(), chunk
+
+
+def _glu(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=1)
+    return gate * up
+
+
 def test_transposed_x_is_made_contiguous(generator):
     data = random_weights(Q.Q4_1, 10, 64, generator)
     x = torch.randn(64, 6, generator=generator).T
@@ -246,6 +273,23 @@ class TestBadInput:
         for bad in (0, -3, 2.5, True):
             with pytest.raises(ValueError, match="panel_rows must be a positive int or None"):
                 cpu_quant.dequantized_matmul(self.x, [(self.data, Q.Q4_K)], panel_rows=bad)
+            with pytest.raises(ValueError, match="chunk_rows must be a positive int or None"):
+                cpu_quant.dequantized_gated_matmul(self.x, [(self.data, Q.Q4_K)], _glu, chunk_rows=bad)
+
+    def test_gated_matmul_needs_gate_and_up_rows(self):
+        with pytest.raises(ValueError, match="must stack gate and up rows, an even count; got 5"):
+            cpu_quant.dequantized_gated_matmul(self.x, [(self.data[:5].contiguous(), Q.Q4_K)], _glu)
+
+    def test_row_orders(self):
+        parts = [(self.data, Q.Q4_K)]
+        with pytest.raises(ValueError, match="row_orders must be a list or tuple with one entry per part \\(1\\)"):
+            cpu_quant.dequantized_matmul(self.x, parts, row_orders=[None, None])
+        with pytest.raises(ValueError, match="row_orders\\[0\\] must have dtype in \\(int64\\)"):
+            cpu_quant.dequantized_matmul(self.x, parts, row_orders=[torch.arange(6, dtype=torch.int32)])
+        with pytest.raises(ValueError, match="row_orders\\[0\\] must have shape \\(6,\\)"):
+            cpu_quant.dequantized_matmul(self.x, parts, row_orders=[torch.arange(5)])
+        with pytest.raises(ValueError, match="row_orders\\[0\\] must hold rows 0..5, got 1..6"):
+            cpu_quant.dequantized_matmul(self.x, parts, row_orders=[torch.arange(1, 7)])
 
     def test_dequantize_arguments(self):
         data = self.data

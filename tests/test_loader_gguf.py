@@ -539,23 +539,23 @@ def test_tensor_whose_bytes_do_not_match_its_type_and_shape(tmp_path):
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0, Q.F16])
-def test_kept_encoded_tensors_are_views_of_the_file_except_the_permuted_rows(tmp_path, qtype):
+def test_kept_encoded_tensors_are_views_of_the_file_and_permuted_rows_an_order(tmp_path, qtype):
     from fastllm.model.quantized import QuantizedTensor
 
     path = tmp_path / "kept.gguf"
     write_gguf(path, hf_weights(), qtype)
     kept = load_checkpoint(path, keep_encoded={qtype}).weights
     decoded = load_checkpoint(path).weights
-    in_place, copied = [], []
+    pointers = []
     for name, tensor in kept.items():
         if isinstance(tensor, torch.Tensor):
             assert tensor.dim() == 1 and torch.equal(tensor, decoded[name])  # norms: float32 as ever
             continue
         assert isinstance(tensor, QuantizedTensor) and tensor.qtype == qtype
         assert torch.equal(tensor.dequantize(), decoded[name].float())  # q/k un-permuted like the rest
-        permuted = name.endswith(("q_proj.weight", "k_proj.weight"))
-        (copied if permuted else in_place).append(tensor.data.data_ptr())
-    # The file is mapped in one piece: tensors read in place all lie within one file's length.
-    start, size = min(in_place), path.stat().st_size
-    assert all(start <= p < start + size for p in in_place)
-    assert not any(start <= p < start + size for p in copied)
+        # llama.cpp's permuted q/k rows are read through an order (checked by the dequantize above).
+        assert (tensor.row_order is not None) == name.endswith(("q_proj.weight", "k_proj.weight"))
+        pointers.append(tensor.data.data_ptr())
+    # The file is mapped in one piece: every tensor read in place lies within one file's length.
+    start, size = min(pointers), path.stat().st_size
+    assert all(start <= p < start + size for p in pointers)

@@ -21,10 +21,14 @@ CONFIG = tiny_config(hidden_size=64, intermediate_size=96, num_attention_heads=4
                      vocab_size=70)
 
 
-def _encoded_model(types: tuple[Q, ...], *, seed: int = 0, tied: bool = False) -> LlamaForCausalLM:
-    """A tiny cpu-backend model whose matrices are stored in `types` (cycled over the tensors)."""
+def _encoded_model(
+    types: tuple[Q, ...], *, seed: int = 0, tied: bool = False, qk_stored_reordered: bool = False
+) -> LlamaForCausalLM:
+    """A tiny cpu-backend model whose matrices are stored in `types` (cycled over the tensors);
+    with qk_stored_reordered, the q and k rows are stored shuffled and read through a row order
+    (as the loader reads llama.cpp's permuted rows): the same model."""
     model = LlamaForCausalLM(replace(CONFIG, tie_word_embeddings=tied), get_backend("cpu"))
-    rng = np.random.default_rng(seed)
+    rng, shuffles = np.random.default_rng(seed), np.random.default_rng(seed + 1)
     weights = {}
     for i, (name, tensor) in enumerate(random_weights(model).items()):
         if tensor.dim() == 1:
@@ -32,7 +36,14 @@ def _encoded_model(types: tuple[Q, ...], *, seed: int = 0, tied: bool = False) -
             continue
         qtype = types[i % len(types)]
         values = (rng.standard_normal(tensor.shape) * 0.3).astype(np.float32)
-        weights[name] = QuantizedTensor(torch.from_numpy(gguf_quants.quantize(values, qtype)), qtype, tensor.shape)
+        blocks = torch.from_numpy(gguf_quants.quantize(values, qtype))
+        if qk_stored_reordered and name.endswith(("q_proj.weight", "k_proj.weight")):
+            order = torch.from_numpy(shuffles.permutation(tensor.shape[0]))
+            stored = torch.empty_like(blocks)
+            stored[order] = blocks  # stored row order[i] holds row i
+            weights[name] = QuantizedTensor(stored, qtype, tensor.shape, order)
+        else:
+            weights[name] = QuantizedTensor(blocks, qtype, tensor.shape)
     model.load_weights(weights)
     for linear in _projections(model):
         linear.direct_max_rows = 1 << 20  # both paths on the register-decoding kernel, whatever was measured
@@ -55,6 +66,18 @@ def test_one_call_decode_equals_the_layer_by_layer_path_bit_for_bit(types, tied)
     unfused = paged_logits(model, prompts, steps)
     for a, b in zip(fused, unfused):
         assert torch.equal(a, b)
+
+
+def test_one_call_decode_reads_qk_rows_stored_in_another_order_bit_for_bit():
+    prompts, steps = [[1, 2, 3, 4, 5], [3] * 20], [[10, 11, 12], [5, 6, 7]]
+    model = _encoded_model((Q.Q4_0, Q.Q8_0), qk_stored_reordered=True)
+    assert model._fused_decode is not None and model.layers[0].self_attn.qkv_proj.output_order is not None
+    fused = paged_logits(model, prompts, steps)
+    model._fused_decode = None
+    unfused = paged_logits(model, prompts, steps)
+    in_order = paged_logits(_encoded_model((Q.Q4_0, Q.Q8_0)), prompts, steps)
+    for a, b, c in zip(fused, unfused, in_order):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_applies_only_to_float32_cpu_models_with_encoded_projections():

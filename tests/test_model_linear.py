@@ -85,6 +85,51 @@ def test_encoded_stack_of_mixed_types_matches_its_dequantization():
         assert _max_relative_error(got, x.double() @ expected_weight.double().T) < 1e-5
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_rows_stored_in_another_order_are_read_through_it_on_both_paths(direct):
+    """llama.cpp's Q/K rows: kept where the file stores them, read through `row_order`. Both
+    implementations give, bit for bit, what the same rows stored in order give."""
+    q, q_dense = _quantized(40, 64, Q.Q4_1, seed=5)
+    k, k_dense = _quantized(24, 64, Q.Q8_0, seed=6)
+    q_order, k_order = torch.randperm(40), torch.randperm(24)
+    stored = [QuantizedTensor(q.data, q.qtype, q.shape, q_order), k, QuantizedTensor(k.data, k.qtype, k.shape, k_order)]
+    in_order = [QuantizedTensor(q.data[q_order], q.qtype, q.shape), k,
+                QuantizedTensor(k.data[k_order], k.qtype, k.shape)]
+    reordered, plain = (make_linear(parts, dtype=torch.float32, device=torch.device("cpu"), encoded_types=ENCODED)
+                        for parts in (stored, in_order))
+    assert torch.equal(reordered.dense(), torch.cat([q_dense[q_order], k_dense, k_dense[k_order]]))
+    assert reordered.nbytes == plain.nbytes == q.nbytes + 2 * k.nbytes  # nothing copied
+    for linear in (reordered, plain):
+        linear.direct_max_rows = 1 << 20 if direct else 0
+    for rows in (1, 3, 17, 300):
+        x = torch.randn(rows, 64)
+        assert torch.equal(reordered(x), plain(x))
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_gated_projection_equals_the_activation_of_the_product(direct):
+    from fastllm.kernels import cpu
+
+    gate, _ = _quantized(48, 64, Q.Q8_0, seed=8)
+    up, _ = _quantized(48, 64, Q.Q4_0, seed=9)
+    linear = make_linear([gate, up], dtype=torch.float32, device=torch.device("cpu"), encoded_types=ENCODED)
+    linear.direct_max_rows = 1 << 20 if direct else 0
+    for rows in (1, 17, 300):
+        x = torch.randn(rows, 64)
+        got, expected = linear.gated(x, cpu.silu_and_mul), cpu.silu_and_mul(linear(x))
+        assert got.shape == (rows, 48)
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_a_row_order_must_be_a_permutation_of_the_rows():
+    q, _ = _quantized(4, 32, Q.Q8_0, seed=7)
+    for order in (torch.tensor([0, 1, 1, 3]), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2, 3], dtype=torch.int32)):
+        with pytest.raises(ValueError, match=r"row_order must be a permutation of range\(4\)"):
+            QuantizedTensor(q.data, q.qtype, q.shape, order)
+    reordered = QuantizedTensor(q.data, q.qtype, q.shape, torch.tensor([2, 0, 3, 1]))
+    assert torch.equal(reordered.rows(1, 3).dequantize(), reordered.dequantize()[1:3])
+
+
 def test_without_encoded_types_every_part_becomes_a_dense_tensor_of_the_model_dtype():
     q, q_dense = _quantized(8, 32, Q.Q4_1, seed=3)
     linear = make_linear([q, torch.randn(4, 32)], dtype=torch.bfloat16, device=torch.device("cpu"),

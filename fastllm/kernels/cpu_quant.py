@@ -10,6 +10,8 @@ shape and keeps the faster:
   x (up to 8 at a time), one pass over the encoded weights: the few rows of a decode step.
 - `dequantized_matmul`: decodes a panel of weight rows at a time into a float32 buffer (the same
   C++ decoding, in parallel) and multiplies it with torch's float32 matmul: many rows (prefill).
+  `dequantized_gated_matmul` does the same for a gated MLP's [gate; up] weight, activating each
+  chunk of features as it is computed.
 
 A weight may be stacked from parts of different types (a Q4_K_M file mixes Q4_K and Q6_K inside
 one fused projection): `parts` is a list or tuple of (uint8 data [rows_i, row bytes], type),
@@ -20,20 +22,21 @@ Everything runs on torch's intra-op threads (torch.get_num_threads()).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from fastllm import _cpu_kernels
-from fastllm.kernels._checks import check_tensor
+from fastllm.kernels._checks import check_shape, check_tensor
 
 __all__ = [
     "QUANTIZED_TYPES",
     "available_isas",
     "block_bytes",
     "dequantize_rows",
+    "dequantized_gated_matmul",
     "dequantized_matmul",
     "forced_isa",
     "isa",
@@ -50,6 +53,8 @@ Part = tuple[torch.Tensor, GGMLQuantizationType]
 # 8 MB, smaller panels slower (benchmarks/README.md, "CPU quantized matmul").
 _PANEL_BYTES = 4 << 20
 _MIN_PANEL_ROWS = 64
+# A gated chunk's torch.mm has 2x its rows as columns: below 512 of them sgemm runs 5-15% slower.
+_MIN_GATED_ROWS = 256
 
 
 _CPU = torch.device("cpu")
@@ -104,30 +109,37 @@ def _check_part(index: int, part: object, cols: int) -> tuple[torch.Tensor, GGML
     return _check_data(f"parts[{index}] data", data, qtype, cols), qtype
 
 
-def _check_matmul(
-    x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, GGMLQuantizationType]], torch.Tensor]:
-    """x made contiguous, the checked parts, and out (allocated when None)."""
+def _check_operands(
+    x: torch.Tensor, parts: Sequence[Part]
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, GGMLQuantizationType]]]:
+    """x made contiguous, and the checked parts."""
     check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=_CPU)
     if x.requires_grad:
         raise ValueError("x must not require grad: these kernels record no autograd graph")
     if not isinstance(parts, (tuple, list)) or not parts:
         raise TypeError(f"parts must be a non-empty list or tuple of (data, qtype) pairs, got {type(parts).__name__}")
-    checked = [_check_part(i, part, x.shape[1]) for i, part in enumerate(parts)]
-    shape = (x.shape[0], sum(data.shape[0] for data, _ in checked))
+    return x.contiguous(), [_check_part(i, part, x.shape[1]) for i, part in enumerate(parts)]
+
+
+def _output(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    """out checked against `shape`, or a new tensor of it when None."""
     if out is None:
-        out = torch.empty(shape, dtype=torch.float32)
-    else:
-        check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=_CPU)
-        if tuple(out.shape) != shape or not out.is_contiguous():
-            raise ValueError(f"out must be a contiguous tensor of shape {shape}, got {tuple(out.shape)} "
-                             f"with strides {out.stride()}")
-    return x.contiguous(), checked, out
+        return torch.empty(shape, dtype=torch.float32)
+    check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=_CPU)
+    if tuple(out.shape) != shape or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous tensor of shape {shape}, got {tuple(out.shape)} "
+                         f"with strides {out.stride()}")
+    return out
+
+
+def _stacked_rows(parts: Sequence[tuple[torch.Tensor, GGMLQuantizationType]]) -> int:
+    return sum(data.shape[0] for data, _ in parts)
 
 
 def quantized_matmul(x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] float32 @ (the parts stacked by rows, decoded)^T -> float32 [M, sum of rows], into `out` if given."""
-    x, checked, out = _check_matmul(x, parts, out)
+    x, checked = _check_operands(x, parts)
+    out = _output(out, (x.shape[0], _stacked_rows(checked)))
     _cpu_kernels.quantized_matmul(
         x.numpy(), [(data.numpy(), int(qtype)) for data, qtype in checked], out.numpy(), torch.get_num_threads()
     )
@@ -138,27 +150,133 @@ def _panel_rows(cols: int) -> int:
     return max(_MIN_PANEL_ROWS, _PANEL_BYTES // (4 * max(cols, 1)))
 
 
+def _gated_chunk_rows(cols: int, features: int) -> int:
+    """Features per chunk of a gated matmul: gate and up rows in one panel of about _PANEL_BYTES,
+    at least _MIN_GATED_ROWS, the features split into equal chunks (multiples of 16)."""
+    limit = max(_MIN_GATED_ROWS, _PANEL_BYTES // (8 * max(cols, 1)))
+    chunks = -(-features // limit)
+    if chunks == 1:
+        return features
+    return (-(-features // chunks) + 15) // 16 * 16
+
+
 def dequantized_matmul(
-    x: torch.Tensor, parts: Sequence[Part], out: torch.Tensor | None = None, panel_rows: int | None = None
+    x: torch.Tensor,
+    parts: Sequence[Part],
+    out: torch.Tensor | None = None,
+    panel_rows: int | None = None,
+    row_orders: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """`quantized_matmul`'s product, computed panel by panel: `panel_rows` weight rows (default:
-    about 4 MB of float32) decoded into a buffer, then torch.mm into their columns of out."""
-    x, checked, out = _check_matmul(x, parts, out)
+    about 4 MB of float32) decoded into a buffer, then torch.mm into their columns of out.
+
+    row_orders: per part, None or the order in which its stored rows fill its columns (int64
+    [rows_i], as `QuantizedTensor.row_order`): the panels are decoded in that order, at no cost.
+    """
+    x, checked = _check_operands(x, parts)
+    out = _output(out, (x.shape[0], _stacked_rows(checked)))
     if panel_rows is None:
         panel_rows = _panel_rows(x.shape[1])
-    elif isinstance(panel_rows, bool) or not isinstance(panel_rows, int) or panel_rows < 1:
-        raise ValueError(f"panel_rows must be a positive int or None, got {panel_rows!r}")
-    threads = torch.get_num_threads()
-    buffer = torch.empty(min(panel_rows, max(data.shape[0] for data, _ in checked)), x.shape[1])
-    column = 0
-    for data, qtype in checked:
-        encoded = data.numpy()
-        for first in range(0, data.shape[0], panel_rows):
-            panel = buffer[: min(panel_rows, data.shape[0] - first)]
-            _cpu_kernels.dequantize_row_range(encoded, int(qtype), first, panel.numpy(), threads)
-            torch.mm(x, panel.t(), out=out[:, column + first : column + first + panel.shape[0]])
-        column += data.shape[0]
+    else:
+        _check_positive("panel_rows", panel_rows)
+    stack = _DecodedStack(checked, _check_row_orders(row_orders, checked))
+    buffer = torch.empty(min(panel_rows, out.shape[1]), x.shape[1])
+    for first in range(0, out.shape[1], panel_rows):
+        panel = stack.decode(first, min(first + panel_rows, out.shape[1]), buffer)
+        torch.mm(x, panel.t(), out=out[:, first : first + panel.shape[0]])
     return out
+
+
+def dequantized_gated_matmul(
+    x: torch.Tensor,
+    parts: Sequence[Part],
+    activation: Callable[[torch.Tensor], torch.Tensor],
+    chunk_rows: int | None = None,
+    row_orders: Sequence[torch.Tensor | None] | None = None,
+) -> torch.Tensor:
+    """activation(x @ W^T) -> float32 [M, I] for W = [gate; up] (the parts stacked by rows, 2 * I
+    rows in all) and a gated activation [rows, 2n] -> [rows, n] (e.g. `fastllm.kernels.cpu.silu_and_mul`),
+    without the [M, 2 * I] product: chunk by chunk of `chunk_rows` features (default: gate and up
+    rows of about 4 MB of float32 together, at least 256), their gate and up rows are decoded
+    into one panel, multiplied by one torch.mm, and activated. The same numbers as
+    activation(dequantized_matmul(x, parts)). row_orders as `dequantized_matmul`'s.
+    """
+    x, checked = _check_operands(x, parts)
+    rows = _stacked_rows(checked)
+    if rows % 2:
+        raise ValueError(f"a gated matmul's parts must stack gate and up rows, an even count; got {rows}")
+    features = rows // 2
+    if chunk_rows is None:
+        chunk_rows = _gated_chunk_rows(x.shape[1], features)
+    else:
+        _check_positive("chunk_rows", chunk_rows)
+    stack = _DecodedStack(checked, _check_row_orders(row_orders, checked))
+    out = torch.empty(x.shape[0], features)
+    chunk = min(chunk_rows, features)
+    buffer = torch.empty(2 * chunk, x.shape[1])
+    product = torch.empty(x.shape[0], 2 * chunk)
+    for first in range(0, features, chunk):
+        count = min(chunk, features - first)
+        stack.decode(first, first + count, buffer[:count])
+        stack.decode(features + first, features + first + count, buffer[count : 2 * count])
+        gate_up = product if count == chunk else torch.empty(x.shape[0], 2 * count)
+        torch.mm(x, buffer[: 2 * count].t(), out=gate_up)
+        out[:, first : first + count] = activation(gate_up)
+    return out
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+class _DecodedStack:
+    """Decodes rows of the parts stacked by rows (each read through its row order, if any)."""
+
+    def __init__(
+        self, parts: Sequence[tuple[torch.Tensor, GGMLQuantizationType]], orders: Sequence[torch.Tensor | None]
+    ) -> None:
+        self._pieces = []  # (first stacked row, encoded rows, type id, order)
+        first = 0
+        for (data, qtype), order in zip(parts, orders):
+            self._pieces.append((first, data.numpy(), int(qtype), order))
+            first += data.shape[0]
+        self._threads = torch.get_num_threads()
+
+    def decode(self, start: int, stop: int, buffer: torch.Tensor) -> torch.Tensor:
+        """Stacked rows [start, stop) decoded into the first rows of `buffer`; those rows."""
+        panel = buffer[: stop - start]
+        for first, encoded, qtype, order in self._pieces:
+            low, high = max(start, first), min(stop, first + encoded.shape[0])
+            if low >= high:
+                continue
+            rows = panel[low - start : high - start].numpy()
+            if order is None:
+                _cpu_kernels.dequantize_row_range(encoded, qtype, low - first, rows, self._threads)
+            else:
+                _cpu_kernels.dequantize_rows(encoded, qtype, order[low - first : high - first].numpy(), rows,
+                                             self._threads)
+        return panel
+
+
+def _check_row_orders(
+    row_orders: Sequence[torch.Tensor | None] | None, parts: Sequence[tuple[torch.Tensor, GGMLQuantizationType]]
+) -> list[torch.Tensor | None]:
+    if row_orders is None:
+        return [None] * len(parts)
+    if not isinstance(row_orders, (list, tuple)) or len(row_orders) != len(parts):
+        raise ValueError(
+            f"row_orders must be a list or tuple with one entry per part ({len(parts)}), got {row_orders!r}"
+        )
+    for index, (order, (data, _)) in enumerate(zip(row_orders, parts)):
+        if order is not None:
+            name = f"row_orders[{index}]"
+            check_tensor(name, order, dtypes=(torch.int64,), device=_CPU)
+            check_shape(name, order, (data.shape[0],))
+            low, high = order.aminmax() if order.numel() else (0, 0)
+            if low < 0 or high >= data.shape[0]:
+                raise ValueError(f"{name} must hold rows 0..{data.shape[0] - 1}, got {int(low)}..{int(high)}")
+    return [None if order is None else order.contiguous() for order in row_orders]
 
 
 def dequantize_rows(

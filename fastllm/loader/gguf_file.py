@@ -181,6 +181,9 @@ class GGUFFile:
                 )
             self.tensors[name] = info
         self._check_no_overlap()
+        # Everything in the header now lives in Python objects: its pages (the vocabulary and merges,
+        # megabytes for a large vocabulary) need not stay resident.
+        self._drop_pages(0, data_start)
 
     def _check_no_overlap(self) -> None:
         """Each tensor's bytes (from its shape and type) must end before the next tensor's data starts:
@@ -237,11 +240,14 @@ class GGUFFile:
         """Drop the mapped pages of a tensor whose bytes were copied out (they stop counting as resident
         memory; reading them again reloads them from the file)."""
         info = self.tensors[name]
+        self._drop_pages(info.offset, info.offset + info.nbytes)
+
+    def _drop_pages(self, begin: int, end: int) -> None:
+        """Drop the whole pages inside bytes [begin, end) of the mapping: neighbours stay mapped."""
         page = mmap.PAGESIZE
-        start = -(-info.offset // page) * page  # whole pages inside the tensor only: neighbours stay mapped
-        end = (info.offset + info.nbytes) // page * page
-        if end > start:
-            self._buf.madvise(mmap.MADV_DONTNEED, start, end - start)
+        start, stop = -(-begin // page) * page, min(end, len(self._buf)) // page * page
+        if stop > start:
+            self._buf.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 def _tensor_nbytes(path: str, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:

@@ -60,10 +60,12 @@ def unpermute_qk(rows: torch.Tensor | np.ndarray, num_heads: int) -> torch.Tenso
 
 
 def _unpermuted(tensor: torch.Tensor | QuantizedTensor, head_dim: int) -> torch.Tensor | QuantizedTensor:
-    """A Q/K weight (its raw rows, quantized or not) with llama.cpp's row permutation undone: a copy."""
-    rows = tensor.data if isinstance(tensor, QuantizedTensor) else tensor
-    unpermuted = unpermute_qk(rows, rows.shape[0] // head_dim).contiguous()
-    return QuantizedTensor(unpermuted, tensor.qtype, tensor.shape) if isinstance(tensor, QuantizedTensor) else unpermuted
+    """A Q/K weight with llama.cpp's row permutation undone: a float tensor's rows copied, an
+    encoded one's read in place through its `row_order`."""
+    if isinstance(tensor, QuantizedTensor):
+        order = unpermute_qk(torch.arange(tensor.shape[0]), tensor.shape[0] // head_dim)
+        return QuantizedTensor(tensor.data, tensor.qtype, tensor.shape, order)
+    return unpermute_qk(tensor, tensor.shape[0] // head_dim).contiguous()
 
 
 def _reads(tensor: torch.Tensor | QuantizedTensor, raw: np.ndarray) -> bool:
@@ -266,7 +268,7 @@ def load_gguf(
     metadata, weights in HF names and layout (norm weights in HF's convention).
 
     Matrices whose type is in `keep_encoded` stay in their GGUF encoding (`QuantizedTensor`, a view
-    of the memory-mapped file, or one copy for the Q/K rows that llama.cpp permutes); every other
+    of the memory-mapped file; the Q/K rows that llama.cpp permutes are read through a row order); every other
     tensor is dequantized to float32 (float types keep their dtype). With `shard`, each tensor is
     cut to `shard(config)`'s part as soon as it is read, so no more than one whole tensor exists.
     """

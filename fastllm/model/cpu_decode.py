@@ -43,6 +43,7 @@ def _layer(layer: LlamaDecoderLayer) -> dict[str, object]:
         "qkv": _parts(attn.qkv_proj), "o": _parts(attn.o_proj),
         "gate_up": _parts(layer.mlp.gate_up_proj), "down": _parts(layer.mlp.down_proj),
         "qkv_bias": _array(attn.qkv_bias), "window": attn.window or 0, "local_rope": layer.local_rope,
+        "qkv_order": _array(attn.qkv_proj.output_order),  # llama.cpp's Q/K rows, read in place
     }
 
 
@@ -60,9 +61,12 @@ class FusedDecode:
         if model.config.head_dim not in _cpu_kernels.head_dims:
             return False
         return all(
-            isinstance(linear, EncodedLinear)
+            isinstance(layer.self_attn.qkv_proj, EncodedLinear)
+            and all(
+                isinstance(linear, EncodedLinear) and linear.output_order is None  # only qkv's rows may be reordered
+                for linear in (layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+            )
             for layer in model.layers
-            for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
         )
 
     def __init__(self, model: LlamaForCausalLM) -> None:

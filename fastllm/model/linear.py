@@ -17,7 +17,7 @@ Where two implementations could run, the one that runs is the one measured faste
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,11 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in_features] -> [..., out_features]
         raise NotImplementedError
+
+    def gated(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """activation(self(x)) for a [gate; up] weight and a gated activation (SwiGLU, GeGLU):
+        x [T, in_features] -> [T, out_features / 2]."""
+        return activation(self(x))
 
     def dense(self) -> torch.Tensor:
         """W as a float tensor (a copy for packed and encoded weights): for tests and inspection."""
@@ -88,6 +93,10 @@ class EncodedLinear(Linear):
 
     Up to `direct_max_rows` rows of x the kernel decodes blocks in registers; above, panels of W are
     decoded to float32 for torch's sgemm. The crossover is measured per shape on this machine.
+
+    Parts whose rows are stored in another order (`QuantizedTensor.row_order`) are read through
+    it: the panels are decoded in order, and the register kernel's output columns are gathered by
+    `output_order` (None when every part is stored in order).
     """
 
     def __init__(self, parts: Sequence[QuantizedTensor]) -> None:
@@ -99,17 +108,28 @@ class EncodedLinear(Linear):
         self._kernels = cpu_quant
         self.parts = tuple(parts)
         self._operands = [(part.data, part.qtype) for part in self.parts]
+        self._row_orders = [part.row_order for part in self.parts]
         self.in_features = cols.pop()
         self.out_features = sum(part.shape[0] for part in self.parts)
+        self.output_order = _output_order(self.parts)
         self.direct_max_rows = matmul_tuning.direct_kernel_max_rows(self._operands, self.in_features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] <= self.direct_max_rows:
             out = self._kernels.quantized_matmul(rows, self._operands)
+            if self.output_order is not None:
+                out = out.index_select(1, self.output_order)
         else:
-            out = self._kernels.dequantized_matmul(rows, self._operands)
+            out = self._kernels.dequantized_matmul(rows, self._operands, row_orders=self._row_orders)
         return out.view(*x.shape[:-1], self.out_features)
+
+    def gated(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # Above the register kernel's rows, chunks of gate and up features are decoded, multiplied
+        # and activated together: the [T, 2I] product, the prefill's largest activation, never exists.
+        if x.shape[0] <= self.direct_max_rows:
+            return activation(self(x))
+        return self._kernels.dequantized_gated_matmul(x, self._operands, activation, row_orders=self._row_orders)
 
     def dense(self) -> torch.Tensor:
         return torch.cat([part.dequantize() for part in self.parts])
@@ -117,6 +137,19 @@ class EncodedLinear(Linear):
     @property
     def nbytes(self) -> int:
         return sum(part.nbytes for part in self.parts)
+
+
+def _output_order(parts: Sequence[QuantizedTensor]) -> torch.Tensor | None:
+    """For the parts stacked by rows: which stored row's column of the stack is each output, or
+    None when every part is stored in order."""
+    if all(part.row_order is None for part in parts):
+        return None
+    orders, first = [], 0
+    for part in parts:
+        rows = part.shape[0]
+        orders.append(first + (torch.arange(rows) if part.row_order is None else part.row_order))
+        first += rows
+    return torch.cat(orders)
 
 
 def make_linear(
@@ -148,6 +181,8 @@ class Embedding:
         if isinstance(self.weight, QuantizedTensor):
             from fastllm.kernels import cpu_quant
 
+            if self.weight.row_order is not None:
+                ids = self.weight.row_order[ids]
             return cpu_quant.dequantize_rows(self.weight.data, self.weight.qtype, ids)
         return F.embedding(ids, self.weight)
 

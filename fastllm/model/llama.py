@@ -149,7 +149,7 @@ class LlamaMLP(nn.Module):
         self.down_proj: Linear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _row_parallel(self.down_proj(self.activation(self.gate_up_proj(x))), self.parallel)
+        return _row_parallel(self.down_proj(self.gate_up_proj.gated(x, self.activation)), self.parallel)
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -94,11 +94,15 @@ class QuantizedTensor:
     """A 2-D weight [rows, cols] stored as `data`, uint8 [rows, bytes per row] in ggml's layout of `qtype`.
 
     `data` may be a view of a memory-mapped file: nothing is copied until a kernel reads it.
+    `row_order`, when set, is a permutation of the stored rows (int64 [rows]): row i of the matrix is
+    stored row `row_order[i]`. The loader reads llama.cpp's permuted Q/K rows this way instead of
+    copying them; the kernels read such rows through it (`fastllm.model.linear.EncodedLinear`).
     """
 
     data: torch.Tensor
     qtype: GGMLQuantizationType
     shape: tuple[int, int]
+    row_order: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, torch.Tensor) or self.data.dtype != torch.uint8 or self.data.dim() != 2:
@@ -111,6 +115,13 @@ class QuantizedTensor:
                 f"({rows}, {cols // block_size * type_size}) with {cols} a multiple of {block_size}, "
                 f"got {tuple(self.data.shape)}"
             )
+        order = self.row_order
+        if order is not None and not (
+            isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.shape == (rows,)
+            and torch.equal(torch.sort(order).values, torch.arange(rows))
+        ):
+            raise ValueError(f"QuantizedTensor row_order must be a permutation of range({rows}) as an int64 tensor, "
+                             f"got {_describe(order)}")
 
     @classmethod
     def from_float(cls, tensor: torch.Tensor) -> QuantizedTensor:
@@ -126,7 +137,10 @@ class QuantizedTensor:
         return self.data.numel()
 
     def rows(self, start: int, stop: int) -> QuantizedTensor:
-        """Rows [start, stop): a view, no copy."""
+        """Rows [start, stop): a view, no copy (a copy of them when the rows are reordered)."""
+        if self.row_order is not None:
+            return QuantizedTensor(self.data.index_select(0, self.row_order[start:stop]), self.qtype,
+                                   (stop - start, self.shape[1]))
         return QuantizedTensor(self.data[start:stop], self.qtype, (stop - start, self.shape[1]))
 
     def columns(self, start: int, stop: int) -> QuantizedTensor | None:
@@ -136,12 +150,15 @@ class QuantizedTensor:
         if start % block_size or stop % block_size:
             return None
         data = self.data[:, start // block_size * type_size : stop // block_size * type_size].contiguous()
-        return QuantizedTensor(data, self.qtype, (self.shape[0], stop - start))
+        return QuantizedTensor(data, self.qtype, (self.shape[0], stop - start), self.row_order)
 
     def dequantize(self, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
         """The float matrix [rows, cols], in `dtype` on `device` (decoded in float32 first, as gguf does)."""
         raw = self.data.numpy() if self.data.device.type == "cpu" else self.data.cpu().numpy()
-        return dequantize(np.asarray(raw), self.qtype, self.shape).to(device=device, dtype=dtype)
+        decoded = dequantize(np.asarray(raw), self.qtype, self.shape)
+        if self.row_order is not None:
+            decoded = decoded.index_select(0, self.row_order)
+        return decoded.to(device=device, dtype=dtype)
 
 
 def _describe(value: object) -> str:
