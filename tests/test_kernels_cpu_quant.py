@@ -188,6 +188,32 @@ def test_gated_matmul_and_row_orders_read_the_stack_as_decoded(isa, generator, t
             assert ((gated.double() - gate * up).abs() <= slack * (gate.abs() + up.abs() + slack)).all(), chunk
 
 
+def test_reused_buffers_change_no_result_and_end_with_the_block(generator):
+    """Inside reused_buffers() the kernels' temporaries carry over between calls of any sizes
+    (grown when a call needs more); results equal those outside it, and the block frees them."""
+    parts = [(random_weights(Q.Q4_0, 64, 128, generator), Q.Q4_0), (random_weights(Q.Q8_0, 30, 128, generator), Q.Q8_0)]
+    inputs = [torch.randn(rows, 128, generator=generator) for rows in (40, 7, 300, 40)]
+    def run():
+        return [(cpu_quant.dequantized_matmul(x, parts, panel_rows=16),
+                 cpu_quant.dequantized_gated_matmul(x, parts, _glu, chunk_rows=20)) for x in inputs]
+    def nested(gate_up: torch.Tensor) -> torch.Tensor:  # an activation that runs the kernel itself first
+        cpu_quant.dequantized_gated_matmul(inputs[2], parts, _glu, chunk_rows=20)
+        return _glu(gate_up)
+
+    outside = run()
+    with cpu_quant.reused_buffers():
+        with cpu_quant.reused_buffers():  # a nested block joins the outer one
+            inner = run()
+        assert cpu_quant._reuse.buffers  # still held: the outer block has not ended
+        inside = run()
+        activated = cpu_quant.dequantized_gated_matmul(inputs[0], parts, nested, chunk_rows=20)
+    assert cpu_quant._reuse.buffers is None
+    for got in (inner, inside):
+        for (a, b), (c, d) in zip(got, outside):
+            assert torch.equal(a, c) and torch.equal(b, d)
+    assert torch.equal(activated, outside[0][1])
+
+
 def _glu(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=1)
     return gate * up

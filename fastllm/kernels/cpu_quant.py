@@ -22,6 +22,7 @@ Everything runs on torch's intra-op threads (torch.get_num_threads()).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -41,6 +42,7 @@ __all__ = [
     "forced_isa",
     "isa",
     "quantized_matmul",
+    "reused_buffers",
 ]
 
 QUANTIZED_TYPES: tuple[GGMLQuantizationType, ...] = tuple(GGMLQuantizationType(t) for t in _cpu_kernels.quant_types)
@@ -59,9 +61,45 @@ _MIN_GATED_ROWS = 256
 
 _CPU = torch.device("cpu")
 _TYPE_IDS = frozenset(int(t) for t in QUANTIZED_TYPES)
+_reuse = threading.local()  # while reused_buffers() is active: .buffers (name -> storage), .busy (names in use)
 
 
-# The checks run on every call, ahead of kernels that take a few microseconds at decode sizes.
+@contextmanager
+def reused_buffers() -> Iterator[None]:
+    """Inside the block (this thread only), the panel buffers and gated products of
+    `dequantized_matmul` and `dequantized_gated_matmul` are kept from call to call and freed at
+    its end. Run around one model step: its layers then write the same pages, where fresh buffers
+    for each layer had the C library map new pages and the step fault them in. Nested blocks join
+    the outermost one."""
+    outermost = getattr(_reuse, "buffers", None) is None
+    if outermost:
+        _reuse.buffers, _reuse.busy = {}, set()
+    try:
+        yield
+    finally:
+        if outermost:
+            _reuse.buffers = _reuse.busy = None
+
+
+@contextmanager
+def _scratch(name: str, rows: int, cols: int) -> Iterator[torch.Tensor]:
+    """A float32 [rows, cols] buffer for a kernel's own temporary `name` while the `with` lasts:
+    inside reused_buffers() the block's (grown when too small), else, or when a call already
+    holds it (an activation that runs a kernel itself), a new one."""
+    buffers = getattr(_reuse, "buffers", None)
+    if buffers is None or name in _reuse.busy:
+        yield torch.empty(rows, cols)
+        return
+    flat = buffers.get(name)
+    if flat is None or flat.numel() < rows * cols:
+        flat = buffers[name] = torch.empty(rows * cols)
+    _reuse.busy.add(name)
+    try:
+        yield flat[: rows * cols].view(rows, cols)
+    finally:
+        _reuse.busy.discard(name)
+
+
 def _check_qtype(name: str, qtype: object) -> GGMLQuantizationType:
     if isinstance(qtype, bool) or not isinstance(qtype, int):
         raise TypeError(f"{name} must be a GGMLQuantizationType, got {type(qtype).__name__}")
@@ -180,10 +218,10 @@ def dequantized_matmul(
     else:
         _check_positive("panel_rows", panel_rows)
     stack = _DecodedStack(checked, _check_row_orders(row_orders, checked))
-    buffer = torch.empty(min(panel_rows, out.shape[1]), x.shape[1])
-    for first in range(0, out.shape[1], panel_rows):
-        panel = stack.decode(first, min(first + panel_rows, out.shape[1]), buffer)
-        torch.mm(x, panel.t(), out=out[:, first : first + panel.shape[0]])
+    with _scratch("panel", min(panel_rows, out.shape[1]), x.shape[1]) as buffer:
+        for first in range(0, out.shape[1], panel_rows):
+            panel = stack.decode(first, min(first + panel_rows, out.shape[1]), buffer)
+            torch.mm(x, panel.t(), out=out[:, first : first + panel.shape[0]])
     return out
 
 
@@ -213,15 +251,15 @@ def dequantized_gated_matmul(
     stack = _DecodedStack(checked, _check_row_orders(row_orders, checked))
     out = torch.empty(x.shape[0], features)
     chunk = min(chunk_rows, features)
-    buffer = torch.empty(2 * chunk, x.shape[1])
-    product = torch.empty(x.shape[0], 2 * chunk)
-    for first in range(0, features, chunk):
-        count = min(chunk, features - first)
-        stack.decode(first, first + count, buffer[:count])
-        stack.decode(features + first, features + first + count, buffer[count : 2 * count])
-        gate_up = product if count == chunk else torch.empty(x.shape[0], 2 * count)
-        torch.mm(x, buffer[: 2 * count].t(), out=gate_up)
-        out[:, first : first + count] = activation(gate_up)
+    with (_scratch("panel", 2 * chunk, x.shape[1]) as buffer,
+          _scratch("gated product", x.shape[0], 2 * chunk) as product):
+        for first in range(0, features, chunk):
+            count = min(chunk, features - first)
+            stack.decode(first, first + count, buffer[:count])
+            stack.decode(features + first, features + first + count, buffer[count : 2 * count])
+            gate_up = product if count == chunk else product.view(-1)[: x.shape[0] * 2 * count].view(x.shape[0], -1)
+            torch.mm(x, buffer[: 2 * count].t(), out=gate_up)
+            out[:, first : first + count] = activation(gate_up)
     return out
 
 

@@ -19,7 +19,8 @@ another order than HF's, so logits agree to float32 rounding, not bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from fastllm.model.backend import AttentionMetadata, Backend
 from fastllm.model.config import ModelConfig
 from fastllm.model.cpu_decode import FusedDecode
-from fastllm.model.linear import Embedding, Linear, encoded_types, make_linear
+from fastllm.model.linear import EncodedLinear, Embedding, Linear, encoded_types, make_linear
 from fastllm.model.quantized import QuantizedTensor
 from fastllm.model.rotary import rope_inv_freq, rotary_cos_sin
 from fastllm.model.weights import ROPE_FREQS, weight_problems
@@ -194,6 +195,20 @@ class LlamaDecoderLayer(nn.Module):
         return hidden, residual
 
 
+def _step_buffers(model: LlamaForCausalLM) -> Callable[[], AbstractContextManager]:
+    """What a step's layers run inside: with GGUF-encoded projections, a block in which the CPU
+    kernels keep their panel buffers from layer to layer (`cpu_quant.reused_buffers`)."""
+    projections = (
+        linear for layer in model.layers
+        for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+    )
+    if any(isinstance(linear, EncodedLinear) for linear in projections):
+        from fastllm.kernels import cpu_quant
+
+        return cpu_quant.reused_buffers
+    return nullcontext
+
+
 class LlamaForCausalLM(nn.Module):
     """A Llama-family causal LM whose attention reads and writes a paged KV cache.
 
@@ -240,6 +255,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend, dtype=dtype, device=device)
         # backend "cpu" with encoded weights: decode steps run every layer in one C++ call (load_weights).
         self._fused_decode: FusedDecode | None = None
+        self._step_buffers: Callable[[], AbstractContextManager] = nullcontext  # load_weights sets it
         self._set_rotary(None, device)
 
     @property
@@ -341,6 +357,7 @@ class LlamaForCausalLM(nn.Module):
         # Rebuilt on every load: a checkpoint without "rope_freqs" must not keep a previous one's.
         self._set_rotary(weights.get(ROPE_FREQS), self.device)
         self._fused_decode = FusedDecode(self) if FusedDecode.applies(self) else None
+        self._step_buffers = _step_buffers(self)
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -371,10 +388,11 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = self._fused_decode(hidden, positions, meta, kv_cache)
         else:
             residual = None
-            for layer, layer_cache in zip(self.layers, kv_cache):
-                hidden, residual = layer(
-                    hidden, residual, positions, self.rotary_tables(layer), layer_cache[0], layer_cache[1], meta
-                )
+            with self._step_buffers():
+                for layer, layer_cache in zip(self.layers, kv_cache):
+                    hidden, residual = layer(
+                        hidden, residual, positions, self.rotary_tables(layer), layer_cache[0], layer_cache[1], meta
+                    )
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
