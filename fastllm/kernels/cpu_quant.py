@@ -100,6 +100,7 @@ def _scratch(name: str, rows: int, cols: int) -> Iterator[torch.Tensor]:
         _reuse.busy.discard(name)
 
 
+# The checks run on every call, ahead of kernels that take a few microseconds at decode sizes.
 def _check_qtype(name: str, qtype: object) -> GGMLQuantizationType:
     if isinstance(qtype, bool) or not isinstance(qtype, int):
         raise TypeError(f"{name} must be a GGMLQuantizationType, got {type(qtype).__name__}")
@@ -236,8 +237,9 @@ def dequantized_gated_matmul(
     rows in all) and a gated activation [rows, 2n] -> [rows, n] (e.g. `fastllm.kernels.cpu.silu_and_mul`),
     without the [M, 2 * I] product: chunk by chunk of `chunk_rows` features (default: gate and up
     rows of about 4 MB of float32 together, at least 256), their gate and up rows are decoded
-    into one panel, multiplied by one torch.mm, and activated. The same numbers as
-    activation(dequantized_matmul(x, parts)). row_orders as `dequantized_matmul`'s.
+    into one panel, multiplied by one torch.mm, and activated: activation(dequantized_matmul(x,
+    parts)) up to the order sgemm sums in (the same bits on every shape tested). row_orders as
+    `dequantized_matmul`'s.
     """
     x, checked = _check_operands(x, parts)
     rows = _stacked_rows(checked)

@@ -49,7 +49,7 @@ class Linear:
 
     def gated(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """activation(self(x)) for a [gate; up] weight and a gated activation (SwiGLU, GeGLU):
-        x [T, in_features] -> [T, out_features / 2]."""
+        x [T, in_features] -> [T, out_features / 2] (the activation takes 2-D rows)."""
         return activation(self(x))
 
     def dense(self) -> torch.Tensor:
@@ -127,9 +127,11 @@ class EncodedLinear(Linear):
     def gated(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         # Above the register kernel's rows, chunks of gate and up features are decoded, multiplied
         # and activated together: the [T, 2I] product, the prefill's largest activation, never exists.
-        if x.shape[0] <= self.direct_max_rows:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] <= self.direct_max_rows:
             return activation(self(x))
-        return self._kernels.dequantized_gated_matmul(x, self._operands, activation, row_orders=self._row_orders)
+        out = self._kernels.dequantized_gated_matmul(rows, self._operands, activation, row_orders=self._row_orders)
+        return out.view(*x.shape[:-1], self.out_features // 2)
 
     def dense(self) -> torch.Tensor:
         return torch.cat([part.dequantize() for part in self.parts])
