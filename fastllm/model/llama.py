@@ -29,7 +29,7 @@ from torch import nn
 from fastllm.model.backend import AttentionMetadata, Backend
 from fastllm.model.config import ModelConfig
 from fastllm.model.cpu_decode import FusedDecode
-from fastllm.model.linear import EncodedLinear, Embedding, Linear, encoded_types, make_linear
+from fastllm.model.linear import Embedding, Linear, encoded_types, make_linear
 from fastllm.model.quantized import QuantizedTensor
 from fastllm.model.rotary import rope_inv_freq, rotary_cos_sin
 from fastllm.model.weights import ROPE_FREQS, weight_problems
@@ -195,20 +195,6 @@ class LlamaDecoderLayer(nn.Module):
         return hidden, residual
 
 
-def _step_buffers(model: LlamaForCausalLM) -> Callable[[], AbstractContextManager]:
-    """What a step's layers run inside: with GGUF-encoded projections, a block in which the CPU
-    kernels keep their panel buffers from layer to layer (`cpu_quant.reused_buffers`)."""
-    projections = (
-        linear for layer in model.layers
-        for linear in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
-    )
-    if any(isinstance(linear, EncodedLinear) for linear in projections):
-        from fastllm.kernels import cpu_quant
-
-        return cpu_quant.reused_buffers
-    return nullcontext
-
-
 class LlamaForCausalLM(nn.Module):
     """A Llama-family causal LM whose attention reads and writes a paged KV cache.
 
@@ -357,7 +343,12 @@ class LlamaForCausalLM(nn.Module):
         # Rebuilt on every load: a checkpoint without "rope_freqs" must not keep a previous one's.
         self._set_rotary(weights.get(ROPE_FREQS), self.device)
         self._fused_decode = FusedDecode(self) if FusedDecode.applies(self) else None
-        self._step_buffers = _step_buffers(self)
+        # Encoded weights: within a step, the CPU kernels keep their panel buffers from layer to layer.
+        self._step_buffers = nullcontext
+        if encoded:
+            from fastllm.kernels import cpu_quant
+
+            self._step_buffers = cpu_quant.reused_buffers
 
     # -- forward ---------------------------------------------------------------------------
 
