@@ -280,7 +280,7 @@ class TestBadInput:
             (TypeError, "parts must be a non-empty list or tuple", (x, [])),
             (TypeError, "parts\\[0\\] must be a \\(data, qtype\\) pair", (x, [data])),
             (ValueError, "parts\\[0\\] qtype must be one of", (x, [(data, Q.Q2_K)])),
-            (TypeError, "parts\\[0\\] qtype must be a GGMLQuantizationType", (x, [(data, "Q4_K")])),
+            (TypeError, "parts\\[0\\] qtype must be a GGMLType", (x, [(data, "Q4_K")])),
             (ValueError, "parts\\[1\\] data must have dtype in \\(uint8\\)", (x, [(data, Q.Q4_K), (data.int(), Q.Q4_K)])),
             (ValueError, "parts\\[0\\] data must be contiguous", (x, [(data[:, :144], Q.Q4_K)])),
             (ValueError, r"parts\[0\] data must have rows of 288 bytes \(512 values of Q4_K\)", (x, [(data[:, :144].contiguous(), Q.Q4_K)])),

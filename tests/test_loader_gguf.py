@@ -4,6 +4,8 @@ with gguf.GGUFWriter, and a clear error for every kind of bad file."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -13,8 +15,9 @@ from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
 from benchmarks import make_gguf
+from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 from fastllm.loader import CheckpointError, load_checkpoint
-from fastllm.loader.gguf_file import GGUFFile
+from fastllm.loader.gguf_file import GGUFFile, GGUFValueType
 from fastllm.loader.gguf_loader import unpermute_qk
 from fastllm.model import LlamaForCausalLM, get_backend
 from fastllm.model.quantized import GGUF_QUANTS_TYPES, dequantize
@@ -373,6 +376,31 @@ def test_reader_agrees_with_gguf_reader(tmp_path):
         assert info.shape == tuple(int(d) for d in reversed(tensor.shape))
         expected = np.asarray(tensor.data).view(np.uint8).reshape(-1)
         np.testing.assert_array_equal(ours.raw(tensor.name).reshape(-1), expected)
+
+
+def test_type_tables_agree_with_the_gguf_package():
+    # The gguf package may know types released after ours (a file of one is an unknown type id);
+    # every type of ours must be its type of the same id, name and block size.
+    for qtype, sizes in BLOCK_SIZES.items():
+        assert Q(int(qtype)).name == qtype.name
+        assert gguf.GGML_QUANT_SIZES[Q(int(qtype))] == sizes, qtype.name
+    assert set(BLOCK_SIZES) == set(GGMLType)
+    for kind in GGUFValueType:
+        assert gguf.GGUFValueType(int(kind)).name == kind.name
+    assert len(GGUFValueType) == len(gguf.GGUFValueType)
+
+
+def test_loading_natively_kept_types_does_not_import_gguf():
+    # `import gguf` loads the whole package (YAML, SentencePiece): about 4 MB per engine process.
+    # The default model (Q4_1 and Q8_0 matrices, float32 norms) and its tokenizer.
+    script = (
+        "import sys\nfrom fastllm.loader import load\nfrom fastllm.kernels.cpu_quant import QUANTIZED_TYPES\n"
+        "load(keep_encoded=QUANTIZED_TYPES)\n"
+        "print(sorted(m for m in ('gguf', 'yaml', 'sentencepiece') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # -- bad files ------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from fastllm import _cpu_kernels
+from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 from fastllm.kernels._checks import check_shape, check_tensor
 
 __all__ = [
@@ -45,9 +45,9 @@ __all__ = [
     "reused_buffers",
 ]
 
-QUANTIZED_TYPES: tuple[GGMLQuantizationType, ...] = tuple(GGMLQuantizationType(t) for t in _cpu_kernels.quant_types)
+QUANTIZED_TYPES: tuple[GGMLType, ...] = tuple(GGMLType(t) for t in _cpu_kernels.quant_types)
 
-Part = tuple[torch.Tensor, GGMLQuantizationType]
+Part = tuple[torch.Tensor, GGMLType]
 
 # dequantized_matmul's default panel: this many bytes of float32 weights, never fewer than
 # _MIN_PANEL_ROWS rows. Each panel's torch.mm packs x anew, so small panels lose to F.linear on
@@ -101,35 +101,35 @@ def _scratch(name: str, rows: int, cols: int) -> Iterator[torch.Tensor]:
 
 
 # The checks run on every call, ahead of kernels that take a few microseconds at decode sizes.
-def _check_qtype(name: str, qtype: object) -> GGMLQuantizationType:
+def _check_qtype(name: str, qtype: object) -> GGMLType:
     if isinstance(qtype, bool) or not isinstance(qtype, int):
-        raise TypeError(f"{name} must be a GGMLQuantizationType, got {type(qtype).__name__}")
+        raise TypeError(f"{name} must be a GGMLType (or a gguf.GGMLType), got {type(qtype).__name__}")
     if qtype not in _TYPE_IDS:
         supported = ", ".join(t.name for t in QUANTIZED_TYPES)
         raise ValueError(f"{name} must be one of {supported}, got {qtype!r}")
-    return qtype if isinstance(qtype, GGMLQuantizationType) else GGMLQuantizationType(qtype)
+    return qtype if isinstance(qtype, GGMLType) else GGMLType(qtype)
 
 
-def _row_bytes(qtype: GGMLQuantizationType, cols: int) -> int:
-    values, size = GGML_QUANT_SIZES[qtype]
+def _row_bytes(qtype: GGMLType, cols: int) -> int:
+    values, size = BLOCK_SIZES[qtype]
     if isinstance(cols, bool) or not isinstance(cols, int) or cols < 0 or cols % values:
         raise ValueError(f"cols must be a non-negative multiple of {qtype.name}'s {values}-value blocks, got {cols!r}")
     return cols // values * size
 
 
-def block_bytes(qtype: GGMLQuantizationType, cols: int) -> int:
+def block_bytes(qtype: GGMLType, cols: int) -> int:
     """Bytes of one row of `cols` values of `qtype` (cols a multiple of the type's block size)."""
     return _row_bytes(_check_qtype("qtype", qtype), cols)
 
 
-def _check_data(name: str, data: object, qtype: GGMLQuantizationType, cols: int | None) -> torch.Tensor:
+def _check_data(name: str, data: object, qtype: GGMLType, cols: int | None) -> torch.Tensor:
     """A uint8 [rows, row bytes] contiguous CPU tensor whose rows hold `cols` values (any whole
     number of blocks when cols is None)."""
     check_tensor(name, data, ndim=2, dtypes=(torch.uint8,), device=_CPU)
     if not data.is_contiguous():
         raise ValueError(f"{name} must be contiguous, got strides {data.stride()}")
     if cols is None:
-        size = GGML_QUANT_SIZES[qtype][1]
+        size = BLOCK_SIZES[qtype][1]
         if data.shape[1] % size:
             raise ValueError(f"{name}'s rows of {data.shape[1]} bytes are not whole {qtype.name} blocks of {size} bytes")
     elif data.shape[1] != _row_bytes(qtype, cols):
@@ -140,7 +140,7 @@ def _check_data(name: str, data: object, qtype: GGMLQuantizationType, cols: int 
     return data
 
 
-def _check_part(index: int, part: object, cols: int) -> tuple[torch.Tensor, GGMLQuantizationType]:
+def _check_part(index: int, part: object, cols: int) -> tuple[torch.Tensor, GGMLType]:
     if not isinstance(part, (tuple, list)) or len(part) != 2:
         raise TypeError(f"parts[{index}] must be a (data, qtype) pair, got {type(part).__name__}")
     data, qtype = part
@@ -150,7 +150,7 @@ def _check_part(index: int, part: object, cols: int) -> tuple[torch.Tensor, GGML
 
 def _check_operands(
     x: torch.Tensor, parts: Sequence[Part]
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, GGMLQuantizationType]]]:
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, GGMLType]]]:
     """x made contiguous, and the checked parts."""
     check_tensor("x", x, ndim=2, dtypes=(torch.float32,), device=_CPU)
     if x.requires_grad:
@@ -171,7 +171,7 @@ def _output(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def _stacked_rows(parts: Sequence[tuple[torch.Tensor, GGMLQuantizationType]]) -> int:
+def _stacked_rows(parts: Sequence[tuple[torch.Tensor, GGMLType]]) -> int:
     return sum(data.shape[0] for data, _ in parts)
 
 
@@ -274,7 +274,7 @@ class _DecodedStack:
     """Decodes rows of the parts stacked by rows (each read through its row order, if any)."""
 
     def __init__(
-        self, parts: Sequence[tuple[torch.Tensor, GGMLQuantizationType]], orders: Sequence[torch.Tensor | None]
+        self, parts: Sequence[tuple[torch.Tensor, GGMLType]], orders: Sequence[torch.Tensor | None]
     ) -> None:
         self._pieces = []  # (first stacked row, encoded rows, type id, order)
         first = 0
@@ -300,7 +300,7 @@ class _DecodedStack:
 
 
 def _check_row_orders(
-    row_orders: Sequence[torch.Tensor | None] | None, parts: Sequence[tuple[torch.Tensor, GGMLQuantizationType]]
+    row_orders: Sequence[torch.Tensor | None] | None, parts: Sequence[tuple[torch.Tensor, GGMLType]]
 ) -> list[torch.Tensor | None]:
     if row_orders is None:
         return [None] * len(parts)
@@ -320,13 +320,13 @@ def _check_row_orders(
 
 
 def dequantize_rows(
-    data: torch.Tensor, qtype: GGMLQuantizationType, rows: torch.Tensor | None = None
+    data: torch.Tensor, qtype: GGMLType, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The float32 rows `rows` (int32/int64 indices of any shape; None: all rows) of the encoded
     matrix `data` -> [*rows.shape, cols]: an embedding lookup, or the whole matrix decoded."""
     qtype = _check_qtype("qtype", qtype)
     _check_data("data", data, qtype, None)
-    values, size = GGML_QUANT_SIZES[qtype]
+    values, size = BLOCK_SIZES[qtype]
     cols = data.shape[1] // size * values
     threads = torch.get_num_threads()
     if rows is None:

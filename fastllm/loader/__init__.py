@@ -13,7 +13,7 @@ from fastllm.loader.model_files import ModelFiles, load, model_location
 from fastllm.loader.prompt_format import PromptFormat
 
 if TYPE_CHECKING:
-    from gguf import GGMLQuantizationType
+    from fastllm.ggml_types import GGMLType
 
 __all__ = [
     "Checkpoint", "CheckpointError", "ModelFiles", "PromptFormat", "default_model_path", "load", "load_checkpoint",
@@ -23,7 +23,7 @@ __all__ = [
 def load_checkpoint(
     path: str | os.PathLike,
     *,
-    keep_encoded: Collection[GGMLQuantizationType] = (),
+    keep_encoded: Collection[GGMLType] = (),
     shard: ShardFor | None = None,
 ) -> Checkpoint:
     """Load a model from a GGUF file or an HF folder (config.json + *.safetensors).

@@ -4,8 +4,8 @@
 seconds on a file with a 49k-token vocabulary (measured: 3.9 to 6.3 s for the default model,
 against ~0.1 s here). This reader walks the same layout with `struct` on an mmap, reads numeric
 arrays with one `np.frombuffer` each, and leaves tensor bytes in the mapping until asked for.
-Type codes and block sizes come from the `gguf` package; the test suite checks this reader
-against `gguf.GGUFReader` on the same files.
+Tensor type codes and block sizes come from `fastllm.ggml_types`; the test suite checks this
+reader against `gguf.GGUFReader` on the same files.
 """
 
 from __future__ import annotations
@@ -15,17 +15,37 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 from fastllm.loader.checkpoint import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+class GGUFValueType(IntEnum):
+    """The type codes of metadata values (gguf.h's gguf_type; `gguf.GGUFValueType`)."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
 
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B",
@@ -49,7 +69,7 @@ class GGUFTensorInfo:
 
     name: str
     shape: tuple[int, ...]
-    qtype: GGMLQuantizationType
+    qtype: GGMLType
     offset: int  # absolute byte offset of the data in the file
     nbytes: int
 
@@ -209,7 +229,7 @@ class GGUFFile:
 
     def _read_tensor_infos(
         self, cursor: _Cursor, count: int
-    ) -> list[tuple[str, tuple[int, ...], GGMLQuantizationType, int]]:
+    ) -> list[tuple[str, tuple[int, ...], GGMLType, int]]:
         infos, seen = [], set()
         for index in range(count):
             name = cursor.string(f"the name of tensor #{index}")
@@ -220,7 +240,7 @@ class GGUFFile:
             type_id = cursor.scalar("<I", f"the type of tensor {name!r}")
             offset = cursor.scalar("<Q", f"the offset of tensor {name!r}")
             try:
-                qtype = GGMLQuantizationType(type_id)
+                qtype = GGMLType(type_id)
             except ValueError:
                 raise CheckpointError(self.path, f"tensor {name!r} has unknown GGML type id {type_id}") from None
             if name in seen:
@@ -250,8 +270,8 @@ class GGUFFile:
             self._buf.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
-def _tensor_nbytes(path: str, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+def _tensor_nbytes(path: str, name: str, shape: tuple[int, ...], qtype: GGMLType) -> int:
+    block_size, type_size = BLOCK_SIZES[qtype]
     if shape[-1] % block_size:
         raise CheckpointError(
             path, f"tensor {name!r} of type {qtype.name} has rows of {shape[-1]} values, "

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
 
 from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
+from fastllm.ggml_types import GGMLType
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.model.config import ModelConfig
 from fastllm.model.quantized import FLOAT_TYPES, QuantizedTensor, dequantize
@@ -261,7 +261,7 @@ def _config(gguf: GGUFFile, arch: str) -> ModelConfig:
 def load_gguf(
     path: str | os.PathLike | GGUFFile,
     *,
-    keep_encoded: Collection[GGMLQuantizationType] = (),
+    keep_encoded: Collection[GGMLType] = (),
     shard: ShardFor | None = None,
 ) -> Checkpoint:
     """Load a GGUF file (or one already opened) of a supported architecture: config from its

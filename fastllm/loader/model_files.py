@@ -20,7 +20,7 @@ from fastllm.loader.gguf_file import GGUF_MAGIC
 from fastllm.loader.prompt_format import PromptFormat, gguf_prompt_format, hf_prompt_format
 
 if TYPE_CHECKING:
-    from gguf import GGMLQuantizationType
+    from fastllm.ggml_types import GGMLType
 
     from fastllm.model.config import ModelConfig
     from fastllm.tokenizer import Tokenizer
@@ -64,7 +64,7 @@ class ModelFiles:
 def load(
     path: str | os.PathLike | None = None,
     *,
-    keep_encoded: Collection[GGMLQuantizationType] = (),
+    keep_encoded: Collection[GGMLType] = (),
     shard: ShardFor | None = None,
 ) -> ModelFiles:
     """Load a GGUF file or an HF folder (None = the bundled SmolLM2-135M-Instruct) in one pass.

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf import quants as gguf_quants
+from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 
-Q = GGMLQuantizationType
+Q = GGMLType
 
 FLOAT_TYPES = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}
 # Block formats decoded through gguf.quants: the rest of the llama.cpp "legacy" and K-quant families.
@@ -63,7 +62,7 @@ def _q4_1(blocks: np.ndarray) -> np.ndarray:  # d: f16, m: f16, qs: u8[16]; valu
     return out
 
 
-BLOCK_DECODERS: dict[GGMLQuantizationType, Callable[[np.ndarray], np.ndarray]] = {
+BLOCK_DECODERS: dict[GGMLType, Callable[[np.ndarray], np.ndarray]] = {
     Q.Q8_0: _q8_0,
     Q.Q4_0: _q4_0,
     Q.Q4_1: _q4_1,
@@ -71,7 +70,7 @@ BLOCK_DECODERS: dict[GGMLQuantizationType, Callable[[np.ndarray], np.ndarray]] =
 SUPPORTED_TYPES = (*FLOAT_TYPES, *BLOCK_DECODERS, *GGUF_QUANTS_TYPES)
 
 
-def dequantize(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, ...]) -> torch.Tensor:
+def dequantize(raw: np.ndarray, qtype: GGMLType, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode a GGUF tensor's bytes (uint8 [..., bytes per row]) to a tensor of `shape`.
 
     Float tensors keep their dtype (float32, float16, bfloat16); block-quantized ones become
@@ -81,9 +80,11 @@ def dequantize(raw: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, .
         return torch.from_numpy(raw.reshape(-1)).view(FLOAT_TYPES[qtype]).reshape(shape)
     decoder = BLOCK_DECODERS.get(qtype)
     if decoder is not None:
-        block_bytes = GGML_QUANT_SIZES[qtype][1]
+        block_bytes = BLOCK_SIZES[qtype][1]
         return torch.from_numpy(decoder(raw.reshape(-1, block_bytes))).reshape(shape)
     if qtype in GGUF_QUANTS_TYPES:
+        from gguf import quants as gguf_quants  # only for these types: see fastllm.ggml_types
+
         return torch.from_numpy(gguf_quants.dequantize(raw, qtype)).reshape(shape)
     supported = ", ".join(t.name for t in SUPPORTED_TYPES)
     raise ValueError(f"unsupported tensor type {qtype.name}; supported: {supported}")
@@ -100,7 +101,7 @@ class QuantizedTensor:
     """
 
     data: torch.Tensor
-    qtype: GGMLQuantizationType
+    qtype: GGMLType
     shape: tuple[int, int]
     row_order: torch.Tensor | None = None
 
@@ -108,7 +109,7 @@ class QuantizedTensor:
         if not isinstance(self.data, torch.Tensor) or self.data.dtype != torch.uint8 or self.data.dim() != 2:
             raise ValueError(f"QuantizedTensor data must be a 2-D uint8 tensor, got {_describe(self.data)}")
         rows, cols = self.shape
-        block_size, type_size = GGML_QUANT_SIZES[self.qtype]
+        block_size, type_size = BLOCK_SIZES[self.qtype]
         if cols % block_size or tuple(self.data.shape) != (rows, cols // block_size * type_size):
             raise ValueError(
                 f"QuantizedTensor of type {self.qtype.name} and shape {self.shape} needs data of shape "
@@ -146,7 +147,7 @@ class QuantizedTensor:
     def columns(self, start: int, stop: int) -> QuantizedTensor | None:
         """Columns [start, stop) as a compact copy, or None when they do not start and end on block
         boundaries (a block's values share its scales)."""
-        block_size, type_size = GGML_QUANT_SIZES[self.qtype]
+        block_size, type_size = BLOCK_SIZES[self.qtype]
         if start % block_size or stop % block_size:
             return None
         data = self.data[:, start // block_size * type_size : stop // block_size * type_size].contiguous()
