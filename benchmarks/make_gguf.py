@@ -32,8 +32,8 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +416,13 @@ def _check_rope_scaling(config: ModelConfig) -> None:
         raise ValueError(f"config.rope_scaling must be None or llama3 (written as rope_freqs), got {rope_type!r}")
 
 
+def _layout(config: ModelConfig, types: Mapping[str, Q]) -> tuple[dict[str, tuple[int, ...]], dict[str, Q], Q]:
+    """The tensors' shapes, the type each is stored in, and the file's main type (its general.file_type)."""
+    shapes = tensor_shapes(config)
+    stored = {name: tensor_type(name, shape, types) for name, shape in shapes.items()}
+    return shapes, stored, types.get("*", next(iter(stored.values())))
+
+
 def write_random_gguf(
     path: str | os.PathLike,
     config: ModelConfig,
@@ -432,9 +439,7 @@ def write_random_gguf(
     Tensors are quantized and written one at a time. Returns the path.
     """
     _check_rope_scaling(config)
-    shapes = tensor_shapes(config)
-    stored = {name: tensor_type(name, shape, types) for name, shape in shapes.items()}
-    main_type = types.get("*", next(iter(stored.values())))
+    shapes, stored, main_type = _layout(config, types)
     path = Path(path)
     writer = gguf.GGUFWriter(path, "llama")
     _add_model_metadata(writer, config, main_type)
@@ -458,13 +463,31 @@ def write_random_gguf(
     return path
 
 
+class _MetadataRecorder:
+    """Stands in for a GGUFWriter: notes each metadata call `_add_model_metadata` makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, method: str) -> Callable[..., None]:
+        return lambda *args: self.calls.append((method, *args))
+
+
 def content_key(config: ModelConfig, types: Mapping[str, Q], seed: int) -> str:
-    """A short hash of everything that decides a file's bytes (same key, same file)."""
+    """A short hash of everything that decides a file's bytes (same key, same file): the model
+    metadata written, each tensor's name, shape and type, what the values are drawn from (seed,
+    rope scaling for rope_freqs), the tokenizer, and the gguf version that quantizes. Only what
+    the writer reads: a ModelConfig field it does not write leaves the key (and the file) alone."""
     from fastllm.loader.default_model import default_model_path
 
+    shapes, stored, main_type = _layout(config, types)
+    metadata = _MetadataRecorder()
+    _add_model_metadata(metadata, config, main_type)
     description = {
-        "format": FORMAT_VERSION, "config": asdict(config), "types": {k: v.name for k, v in types.items()},
-        "seed": seed, "tokenizer": Path(default_model_path()).name, "gguf": importlib.metadata.version("gguf"),
+        "format": FORMAT_VERSION, "metadata": metadata.calls,
+        "tensors": [(name, shape, stored[name].name) for name, shape in shapes.items()],
+        "rope_scaling": config.rope_scaling, "seed": seed, "tokenizer": Path(default_model_path()).name,
+        "gguf": importlib.metadata.version("gguf"),
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -3,6 +3,8 @@ that fastllm loads with the config, tensor types and weights that were written."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gguf
 import numpy as np
 import pytest
@@ -172,3 +174,21 @@ def test_fit_tokenizer_pads_with_reserved_control_tokens():
     assert fitted["tokenizer.ggml.merges"] == list(metadata["tokenizer.ggml.merges"])
     with pytest.raises(ValueError, match="special tokens"):
         make_gguf.fit_tokenizer(metadata, 2)
+
+
+def test_content_key_follows_what_is_written_not_every_config_field():
+    # A ModelConfig field the writer does not read must not rename cached files (gigabytes for
+    # the 8B preset); anything written, the types, the seed and rope_freqs' source must.
+    config, types = make_gguf.tiny_config(), {"*": Q.Q8_0}
+    key = make_gguf.content_key(config, types, 0)
+    assert make_gguf.content_key(replace(config, sliding_window=64, qk_norm=True), types, 0) == key
+    changed = [
+        (replace(config, rms_norm_eps=1e-6), types, 0),
+        (replace(config, num_hidden_layers=config.num_hidden_layers + 1), types, 0),
+        (replace(config, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}), types, 0),
+        (config, {"*": Q.Q4_0}, 0),
+        (config, types, 1),
+    ]
+    keys = {make_gguf.content_key(*case) for case in changed}
+    assert key not in keys and len(keys) == len(changed)
