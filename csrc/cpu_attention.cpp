@@ -30,7 +30,7 @@ struct GroupTask {
     int64_t length;          // tokens in the sequence: tokens first..length - 1 are attended to
     int64_t head_offset;     // kv_head * head_dim: the head's place in a token's row
     float scale;
-    float* scratch;          // block_size scores rounded up to whole vectors + 2 * group statistics
+    float* scratch;          // per query head, block_size scores rounded up to whole vectors; 2 * group statistics
     float* out;              // [group, head_dim]
 };
 
@@ -48,8 +48,9 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
     const int64_t num_blocks = (task.length + block_size - 1) / block_size;
     const int64_t first_block = task.first / block_size;
     const int64_t padded_block = (block_size + kLanes - 1) / kLanes * kLanes;
-    float* scores = task.scratch;
-    float* max_score = scores + padded_block;
+    // A row of scores per query head: the heads' passes over a block do not wait on each other.
+    float* const score_rows = task.scratch;
+    float* max_score = score_rows + task.group * padded_block;
     float* denominator = max_score + task.group;
     std::fill(max_score, max_score + task.group, -std::numeric_limits<float>::infinity());
     std::fill(denominator, denominator + task.group, 0.0f);
@@ -74,15 +75,26 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
             }
         }
         for (int64_t g = 0; g < task.group; ++g) {
+            float* const scores = score_rows + g * padded_block;
             Vec query[kChunks];
             for (int64_t c = 0; c < kChunks; ++c) query[c] = load(task.q + g * dim + c * kLanes);
-            std::fill(scores, scores + skipped, -std::numeric_limits<float>::infinity());
-            for (int64_t t = skipped; t < tokens; ++t) {
-                const float* key = keys + t * token_stride;
-                Vec dot = query[0] * load(key);
-                for (int64_t c = 1; c < kChunks; ++c) dot += query[c] * load(key + c * kLanes);
-                scores[t] = sum_lanes(dot) * task.scale;
+            // kLanes tokens' dot products at a time, their lanes summed together (sum_each); a
+            // token before the window is scored too (its key is in the block) and then masked.
+            for (int64_t t0 = 0; t0 < tokens; t0 += kLanes) {
+                Vec dots[kLanes];
+                for (int64_t i = 0; i < kLanes; ++i) {
+                    if (t0 + i < tokens) {
+                        const float* key = keys + (t0 + i) * token_stride;
+                        Vec dot = query[0] * load(key);
+                        for (int64_t c = 1; c < kChunks; ++c) dot += query[c] * load(key + c * kLanes);
+                        dots[i] = dot;
+                    } else {
+                        dots[i] = Vec{};
+                    }
+                }
+                store(scores + t0, vec::sum_each(dots) * task.scale);
             }
+            std::fill(scores, scores + skipped, -std::numeric_limits<float>::infinity());
             // Whole vectors of scores: the tail past `tokens` is -inf, whose exp is 0.
             std::fill(scores + tokens, scores + padded_block, -std::numeric_limits<float>::infinity());
             Vec block_max = load(scores);
@@ -103,13 +115,24 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
             const float sum = sum_lanes(sums);
             denominator[g] = denominator[g] * rescale + sum;
             float* out = task.out + g * dim;
-            Vec acc[kChunks];
-            for (int64_t c = 0; c < kChunks; ++c) acc[c] = load(out + c * kLanes) * rescale;
-            for (int64_t t = skipped; t < tokens; ++t) {
-                const float* value = values + t * token_stride;
-                for (int64_t c = 0; c < kChunks; ++c) acc[c] += scores[t] * load(value + c * kLanes);
+            // Even and odd tokens into two sets of accumulators: two chains of additions per vector.
+            Vec acc[kChunks], odd[kChunks];
+            for (int64_t c = 0; c < kChunks; ++c) {
+                acc[c] = load(out + c * kLanes) * rescale;
+                odd[c] = Vec{};
             }
-            for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, acc[c]);
+            int64_t t = skipped;
+            for (; t + 1 < tokens; t += 2) {
+                const float* value = values + t * token_stride;
+                for (int64_t c = 0; c < kChunks; ++c) {
+                    acc[c] += scores[t] * load(value + c * kLanes);
+                    odd[c] += scores[t + 1] * load(value + token_stride + c * kLanes);
+                }
+            }
+            if (t < tokens) {
+                for (int64_t c = 0; c < kChunks; ++c) acc[c] += scores[t] * load(values + t * token_stride + c * kLanes);
+            }
+            for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, acc[c] + odd[c]);
         }
     }
     for (int64_t g = 0; g < task.group; ++g) {
@@ -177,7 +200,7 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     // OpenMP's: this module links libgomp.so.1, the loader gives it the copy torch loaded, so the
     // kernel runs on torch's own intra-op threads instead of competing with them for the cores.
     const int64_t items = batch * cache.num_kv_heads;
-    const size_t scratch_size = static_cast<size_t>((cache.block_size + kLanes - 1) / kLanes * kLanes + 2 * group);
+    const size_t scratch_size = static_cast<size_t>(group * ((cache.block_size + kLanes - 1) / kLanes * kLanes) + 2 * group);
 #pragma omp parallel num_threads(static_cast<int>(std::max<size_t>(num_threads, 1)))
     {
         std::vector<float> scratch(scratch_size);

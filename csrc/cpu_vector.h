@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 // On x86-64, GCC builds AVX-512, AVX2 and baseline clones of a routine marked with this and picks
 // one at load time, so a portable build still uses the machine's widest vectors (GCC 11+ with
@@ -44,11 +45,58 @@ FASTLLM_INLINE float sum_lanes(Vec v) {
     return (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]);
 }
 
-FASTLLM_INLINE float max_lanes(Vec v) {
-    float max = v[0];
-    for (int64_t i = 1; i < kLanes; ++i) max = v[i] > max ? v[i] : max;
-    return max;
+namespace detail {
+// Lane `lane` of one pairwise step of sum_each: the operands each hold kLanes / width sums as
+// `width` partial sums; the result holds both operands' sums (the first operand's first) as
+// width / 2 partial sums, lanes i and i + width / 2 of each added (the two masks' halves).
+constexpr int lane_source(int width, bool high, int lane) {
+    const int half = width / 2, sum = lane / half, per_vector = static_cast<int>(kLanes) / width;
+    return (sum / per_vector) * static_cast<int>(kLanes) + (sum % per_vector) * width + lane % half +
+           (high ? half : 0);
 }
+
+typedef int32_t Mask __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+template <int Width, bool High, int... Lanes>
+constexpr Mask lane_mask(std::integer_sequence<int, Lanes...>) {
+    return Mask{lane_source(Width, High, Lanes)...};
+}
+
+template <int Width>
+FASTLLM_INLINE Vec pair_step(Vec a, Vec b) {
+    constexpr Mask low = lane_mask<Width, false>(std::make_integer_sequence<int, kLanes>{});
+    constexpr Mask high = lane_mask<Width, true>(std::make_integer_sequence<int, kLanes>{});
+    return __builtin_shuffle(a, b, low) + __builtin_shuffle(a, b, high);
+}
+}  // namespace detail
+
+// The lanes of each of kLanes vectors added up: result[i] = the sum of v[i]'s lanes, pairwise
+// (15 steps of two shuffles and an add, where kLanes sum_lanes calls take four times the work).
+FASTLLM_INLINE Vec sum_each(const Vec* v) {
+    Vec eights[8], fours[4], twos[2];
+    for (int i = 0; i < 8; ++i) eights[i] = detail::pair_step<16>(v[2 * i], v[2 * i + 1]);
+    for (int i = 0; i < 4; ++i) fours[i] = detail::pair_step<8>(eights[2 * i], eights[2 * i + 1]);
+    for (int i = 0; i < 2; ++i) twos[i] = detail::pair_step<4>(fours[2 * i], fours[2 * i + 1]);
+    return detail::pair_step<2>(twos[0], twos[1]);
+}
+
+// The largest lane, in halving steps (a NaN lane is passed over unless every compare meets one).
+FASTLLM_INLINE float max_lanes(Vec v) {
+    typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
+    typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
+    Half low, high;
+    std::memcpy(&low, &v, sizeof low);
+    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
+    const Half halves = high > low ? high : low;
+    Quarter q_low, q_high;
+    std::memcpy(&q_low, &halves, sizeof q_low);
+    std::memcpy(&q_high, reinterpret_cast<const char*>(&halves) + sizeof q_low, sizeof q_high);
+    const Quarter quarters = q_high > q_low ? q_high : q_low;
+    const float a = quarters[0] > quarters[2] ? quarters[0] : quarters[2];
+    const float b = quarters[1] > quarters[3] ? quarters[1] : quarters[3];
+    return a > b ? a : b;
+}
+
 
 // exp(x) for x <= 0, to float32 rounding: Cephes' expf, i.e. x = n ln2 + r with |r| <= ln2 / 2, a
 // degree-6 polynomial for e^r, 2^n from the exponent bits. Below -87 (e^-87 ~ 1.6e-38, nothing
