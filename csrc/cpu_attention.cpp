@@ -3,6 +3,7 @@
 #include "cpu_vector.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -21,63 +22,72 @@ using vec::store;
 using vec::sum_lanes;
 using vec::Vec;
 
-// One (sequence, KV head) work item: its `group` query heads and where its keys and values are.
-struct GroupTask {
-    const float* q;          // [group, head_dim]
-    int64_t group;
+// One work item: blocks [block_begin, block_end) of a sequence, for all its query heads. A long
+// sequence is split into several spans, so that it keeps every thread busy on its own; the
+// spans' partial softmaxes are then merged (merge_spans).
+struct SpanTask {
+    const float* q;          // [heads, head_dim]
+    int64_t heads, group;    // the sequence's query heads, and those per KV head
     const int32_t* blocks;   // the sequence's row of the block table
+    int64_t block_begin, block_end;
     int64_t first;           // the first token attended to (a sliding window's start, else 0)
     int64_t length;          // tokens in the sequence: tokens first..length - 1 are attended to
-    int64_t head_offset;     // kv_head * head_dim: the head's place in a token's row
     float scale;
-    float* scratch;          // per query head, block_size scores rounded up to whole vectors; 2 * group statistics
-    float* out;              // [group, head_dim]
+    float* scores;           // per query head, block_size scores rounded up to whole vectors
+    float* out;              // [heads, head_dim]: the output, or the span's unnormalized sums
+    float* max_score;        // [heads]: the running maximum
+    float* denominator;      // [heads]: the running sum of exp(score - maximum)
+    bool normalize;          // the whole sequence: out is divided by the denominator at the end
 };
 
-// The task's query heads attend over its tokens in one pass over the blocks with an online
-// softmax: a block's keys and values are read together and the next block is prefetched (decode
-// attention is bound by memory otherwise). Per query head and block: scores, the running maximum
-// and denominator, then the weighted values added to the output, all with head_dim / 16 vectors.
-// Blocks before the one holding token `first` are never read; in that block the tokens before it
-// score -inf (weight 0) and add no value.
+// What of each of the next block's token rows is prefetched while a block is read: a row of up to
+// kWholeRowFloats whole, a longer one its first kRowStartFloats, from where the hardware prefetcher
+// follows it (more of a 4 KB row, 8 KV heads of 128 dims, measured slower: a fifth for its first
+// 1 KB; whole 768 B rows, SmolLM2's, a little faster than their first 256 B: benchmarks/README.md).
+constexpr int64_t kWholeRowFloats = 256, kRowStartFloats = 64;
+
+// The span's query heads attend over its blocks with an online softmax, one block at a time:
+// each block's rows (every KV head of a token, contiguous) are read front to back while the next
+// block is prefetched. Per query head and block: scores, the running maximum and denominator,
+// then the weighted values added to the output, all with head_dim / 16 vectors. Blocks before
+// the one holding token `first` are never read; in that block the tokens before it score -inf
+// (weight 0) and add no value.
 template <int64_t kChunks>
-FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask& task) {
+FASTLLM_INLINE void attend_span_fixed(const PagedCache& cache, const SpanTask& task) {
     constexpr int64_t dim = kChunks * kLanes;
     const int64_t block_size = cache.block_size;
     const int64_t token_stride = cache.num_kv_heads * dim, block_stride = block_size * token_stride;
     const int64_t num_blocks = (task.length + block_size - 1) / block_size;
     const int64_t first_block = task.first / block_size;
     const int64_t padded_block = (block_size + kLanes - 1) / kLanes * kLanes;
-    // A row of scores per query head: the heads' passes over a block do not wait on each other.
-    float* const score_rows = task.scratch;
-    float* max_score = score_rows + task.group * padded_block;
-    float* denominator = max_score + task.group;
-    std::fill(max_score, max_score + task.group, -std::numeric_limits<float>::infinity());
-    std::fill(denominator, denominator + task.group, 0.0f);
-    std::fill(task.out, task.out + task.group * dim, 0.0f);
+    const int64_t prefetch_floats = token_stride <= kWholeRowFloats ? token_stride : kRowStartFloats;
+    std::fill(task.max_score, task.max_score + task.heads, -std::numeric_limits<float>::infinity());
+    std::fill(task.denominator, task.denominator + task.heads, 0.0f);
+    std::fill(task.out, task.out + task.heads * dim, 0.0f);
 
-    for (int64_t j = first_block; j < num_blocks; ++j) {
-        const int64_t offset = static_cast<int64_t>(task.blocks[j]) * block_stride + task.head_offset;
-        const float* keys = cache.keys + offset;
-        const float* values = cache.values + offset;
+    for (int64_t j = task.block_begin; j < task.block_end; ++j) {
+        const int64_t offset = static_cast<int64_t>(task.blocks[j]) * block_stride;
         const int64_t tokens = std::min(block_size, task.length - j * block_size);
         const int64_t skipped = j == first_block ? task.first - j * block_size : 0;  // before the window
         if (j + 1 < num_blocks) {
             // Written out here, not in a lambda: GCC deems a function that only prefetches pure
             // and deletes the calls.
-            const int64_t next = static_cast<int64_t>(task.blocks[j + 1]) * block_stride + task.head_offset;
+            const int64_t next = static_cast<int64_t>(task.blocks[j + 1]) * block_stride;
             const int64_t next_tokens = std::min(block_size, task.length - (j + 1) * block_size);
             for (int64_t t = 0; t < next_tokens; ++t) {
-                for (int64_t d = 0; d < dim; d += kLanes) {
+                for (int64_t d = 0; d < prefetch_floats; d += kLanes) {
                     __builtin_prefetch(cache.keys + next + t * token_stride + d);
                     __builtin_prefetch(cache.values + next + t * token_stride + d);
                 }
             }
         }
-        for (int64_t g = 0; g < task.group; ++g) {
-            float* const scores = score_rows + g * padded_block;
+        for (int64_t head = 0; head < task.heads; ++head) {
+            const float* keys = cache.keys + offset + head / task.group * dim;
+            const float* values = cache.values + offset + head / task.group * dim;
+            // A row of scores per query head: the heads' passes over a block do not wait on each other.
+            float* const scores = task.scores + head * padded_block;
             Vec query[kChunks];
-            for (int64_t c = 0; c < kChunks; ++c) query[c] = load(task.q + g * dim + c * kLanes);
+            for (int64_t c = 0; c < kChunks; ++c) query[c] = load(task.q + head * dim + c * kLanes);
             // kLanes tokens' dot products at a time, their lanes summed together (sum_each); a
             // token before the window is scored too (its key is in the block) and then masked.
             for (int64_t t0 = 0; t0 < tokens; t0 += kLanes) {
@@ -103,18 +113,18 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
                 block_max = more > block_max ? more : block_max;
             }
             // What was summed under the old maximum shrinks by exp(old - new); nothing on the first block.
-            const float new_max = std::max(max_lanes(block_max), max_score[g]);
-            const float rescale = j == first_block ? 0.0f : exp_nonpositive(broadcast(max_score[g] - new_max))[0];
-            max_score[g] = new_max;
+            const float old_max = task.max_score[head];
+            const float new_max = std::max(max_lanes(block_max), old_max);
+            const float rescale = j == task.block_begin ? 0.0f : exp_nonpositive(broadcast(old_max - new_max))[0];
+            task.max_score[head] = new_max;
             Vec sums{};
             for (int64_t t = 0; t < padded_block; t += kLanes) {
                 const Vec weights = exp_nonpositive(load(scores + t) - new_max);
                 store(scores + t, weights);
                 sums += weights;
             }
-            const float sum = sum_lanes(sums);
-            denominator[g] = denominator[g] * rescale + sum;
-            float* out = task.out + g * dim;
+            task.denominator[head] = task.denominator[head] * rescale + sum_lanes(sums);
+            float* out = task.out + head * dim;
             // Even and odd tokens into two sets of accumulators: two chains of additions per vector.
             Vec acc[kChunks], odd[kChunks];
             for (int64_t c = 0; c < kChunks; ++c) {
@@ -135,26 +145,47 @@ FASTLLM_INLINE void attend_group_fixed(const PagedCache& cache, const GroupTask&
             for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, acc[c] + odd[c]);
         }
     }
-    for (int64_t g = 0; g < task.group; ++g) {
-        const float inverse = 1.0f / denominator[g];
-        float* out = task.out + g * dim;
-        for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, load(out + c * kLanes) * inverse);
+    if (task.normalize) {
+        for (int64_t head = 0; head < task.heads; ++head) {
+            const float inverse = 1.0f / task.denominator[head];
+            float* out = task.out + head * dim;
+            for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, load(out + c * kLanes) * inverse);
+        }
     }
 }
 
 // One instance per head dim in kHeadDims (checked before any work starts).
 FASTLLM_VECTOR_CLONES
-void attend_group(const PagedCache& cache, const GroupTask& task) {
+void attend_span(const PagedCache& cache, const SpanTask& task) {
     static_assert(sizeof kHeadDims / sizeof kHeadDims[0] == 6, "a head dim without a case below");
     switch (cache.head_dim) {
-        case 32: return attend_group_fixed<2>(cache, task);
-        case 64: return attend_group_fixed<4>(cache, task);
-        case 80: return attend_group_fixed<5>(cache, task);
-        case 96: return attend_group_fixed<6>(cache, task);
-        case 128: return attend_group_fixed<8>(cache, task);
-        case 256: return attend_group_fixed<16>(cache, task);
+        case 32: return attend_span_fixed<2>(cache, task);
+        case 64: return attend_span_fixed<4>(cache, task);
+        case 80: return attend_span_fixed<5>(cache, task);
+        case 96: return attend_span_fixed<6>(cache, task);
+        case 128: return attend_span_fixed<8>(cache, task);
+        case 256: return attend_span_fixed<16>(cache, task);
         default: return;
     }
+}
+
+
+// Query head `head`'s output [dim] from a sequence's `count` spans, whose slots are consecutive:
+// sums [count][heads][dim], unnormalized; stats [count][2][heads], maxima then denominators.
+void merge_spans(const float* sums, const float* stats, int64_t count, int64_t heads, int64_t dim, int64_t head,
+                 float* out) {
+    float max = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < count; ++s) max = std::max(max, stats[s * 2 * heads + head]);
+    float denominator = 0.0f;
+    std::fill(out, out + dim, 0.0f);
+    for (int64_t s = 0; s < count; ++s) {
+        const float weight = std::exp(stats[s * 2 * heads + head] - max);
+        denominator += weight * stats[s * 2 * heads + heads + head];
+        const float* partial = sums + (s * heads + head) * dim;
+        for (int64_t d = 0; d < dim; ++d) out[d] += weight * partial[d];
+    }
+    const float inverse = 1.0f / denominator;
+    for (int64_t d = 0; d < dim; ++d) out[d] *= inverse;
 }
 
 }  // namespace
@@ -196,22 +227,69 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     }
     check_paged_decode_inputs(cache, batch, seqlens, block_table, table_width);
     const int64_t group = num_q_heads / cache.num_kv_heads, dim = cache.head_dim;
-    // Work items are (sequence, KV head) pairs, handed out one at a time. The threads are
-    // OpenMP's: this module links libgomp.so.1, the loader gives it the copy torch loaded, so the
-    // kernel runs on torch's own intra-op threads instead of competing with them for the cores.
-    const int64_t items = batch * cache.num_kv_heads;
-    const size_t scratch_size = static_cast<size_t>(group * ((cache.block_size + kLanes - 1) / kLanes * kLanes) + 2 * group);
-#pragma omp parallel num_threads(static_cast<int>(std::max<size_t>(num_threads, 1)))
+    const int64_t threads = static_cast<int64_t>(std::max<size_t>(num_threads, 1));
+    // A sequence's blocks are split into spans of about kSpanBlocks (a sequence's own length
+    // decides, not the batch nor the thread count: its output does not depend on them).
+    constexpr int64_t kSpanBlocks = 16;
+    std::vector<int64_t> firsts(static_cast<size_t>(batch)), first_blocks(static_cast<size_t>(batch)),
+        num_blocks(static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) {
+        const int64_t length = seqlens[b];
+        firsts[b] = window > 0 && length > window ? length - window : 0;
+        first_blocks[b] = firsts[b] / cache.block_size;
+        num_blocks[b] = (length + cache.block_size - 1) / cache.block_size;
+    }
+    struct Span {
+        int64_t sequence, block_begin, block_end, partial;  // partial: its slot of partial sums, -1 for a whole sequence
+    };
+    std::vector<Span> spans;
+    std::vector<std::pair<int64_t, int64_t>> split;  // (sequence, its first partial slot) of each split sequence
+    int64_t partials = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+        const int64_t blocks = num_blocks[b] - first_blocks[b];
+        const int64_t count = (blocks + kSpanBlocks - 1) / kSpanBlocks;
+        if (count > 1) split.emplace_back(b, partials);
+        for (int64_t s = 0; s < count; ++s) {
+            const int64_t begin = first_blocks[b] + s * blocks / count, end = first_blocks[b] + (s + 1) * blocks / count;
+            spans.push_back({b, begin, end, count > 1 ? partials++ : -1});
+        }
+    }
+    // Partial sums, maxima and denominators per split span; kept between calls (no allocation per step).
+    thread_local std::vector<float> partial_sums, partial_stats;
+    partial_sums.resize(static_cast<size_t>(std::max<int64_t>(partials, 1) * num_q_heads * dim));
+    partial_stats.resize(static_cast<size_t>(std::max<int64_t>(partials, 1) * num_q_heads * 2));
+    float* const sums = partial_sums.data();
+    float* const stats = partial_stats.data();  // [partials][2][heads]: maxima, then denominators
+    const size_t scores_size = static_cast<size_t>(num_q_heads * ((cache.block_size + kLanes - 1) / kLanes * kLanes));
+    // Longest first, so that no long span is left to run alone at the end.
+    std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+        return a.block_end - a.block_begin > b.block_end - b.block_begin;
+    });
+    const int64_t items = static_cast<int64_t>(spans.size());
+    // The threads are OpenMP's: this module links libgomp.so.1, the loader gives it the copy torch
+    // loaded, so the kernel runs on torch's own intra-op threads instead of competing with them
+    // for the cores.
+#pragma omp parallel num_threads(static_cast<int>(threads))
     {
-        std::vector<float> scratch(scratch_size);
+        std::vector<float> scores(scores_size), whole_stats(static_cast<size_t>(2 * num_q_heads));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; ++item) {
-            const int64_t b = item / cache.num_kv_heads, kv_head = item % cache.num_kv_heads;
-            const int64_t offset = (b * num_q_heads + kv_head * group) * dim;
-            const int64_t length = seqlens[b];
-            const int64_t first = window > 0 && length > window ? length - window : 0;
-            attend_group(cache, GroupTask{q + offset, group, block_table + b * table_width, first, length,
-                                          kv_head * dim, scale, scratch.data(), out + offset});
+            const Span& span = spans[static_cast<size_t>(item)];
+            const int64_t b = span.sequence;
+            const bool whole = span.partial < 0;
+            float* const stat = whole ? whole_stats.data() : stats + span.partial * 2 * num_q_heads;
+            attend_span(cache, SpanTask{q + b * num_q_heads * dim, num_q_heads, group, block_table + b * table_width,
+                                        span.block_begin, span.block_end, firsts[b], seqlens[b], scale, scores.data(),
+                                        whole ? out + b * num_q_heads * dim : sums + span.partial * num_q_heads * dim,
+                                        stat, stat + num_q_heads, whole});
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < static_cast<int64_t>(split.size()) * num_q_heads; ++i) {
+            const auto [b, slot] = split[static_cast<size_t>(i / num_q_heads)];
+            const int64_t count = (num_blocks[b] - first_blocks[b] + kSpanBlocks - 1) / kSpanBlocks;
+            const int64_t head = i % num_q_heads;
+            merge_spans(sums + slot * num_q_heads * dim, stats + slot * 2 * num_q_heads, count, num_q_heads, dim, head,
+                        out + (b * num_q_heads + head) * dim);
         }
     }
 }

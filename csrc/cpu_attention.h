@@ -33,9 +33,10 @@ constexpr bool supports_head_dim(int64_t head_dim) {
 //   block_table: [batch, table_width], the cache blocks of each sequence in order
 //   window: > 0, a sliding window: each query sees only its sequence's last `window` tokens (the
 //           blocks before them are not read); 0, every token
-// Runs on up to `num_threads` OpenMP threads. Throws std::invalid_argument (naming the argument)
-// for an unsupported shape, a length outside its range or a block id outside the cache, before
-// anything is read.
+// Runs on up to `num_threads` OpenMP threads; a sequence's output does not depend on the other
+// sequences of the batch nor on the thread count (bit for bit). Throws std::invalid_argument
+// (naming the argument) for an unsupported shape, a length outside its range or a block id
+// outside the cache, before anything is read.
 // The checks paged_decode_attention makes of seqlens and block_table (std::invalid_argument).
 void check_paged_decode_inputs(const PagedCache& cache, int64_t batch, const int32_t* seqlens,
                                const int32_t* block_table, int64_t table_width);

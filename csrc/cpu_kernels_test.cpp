@@ -122,6 +122,19 @@ void test_against_reference() {
     }
 }
 
+// Sequences of more than 16 blocks are split into spans whose softmaxes are merged: long ones,
+// with and without windows, against the reference (ASan checks the spans' buffers).
+void test_long_sequences() {
+    std::mt19937 rng(3);
+    for (const int64_t dim : {int64_t{64}, int64_t{128}}) {
+        const Case c(8, 2, dim, 16, {1000, 3, 257, 513}, rng);
+        for (const size_t threads : {1, 2, 3}) CHECK(max_error(c.run(threads), c.reference()) < 1e-5);
+        for (const int64_t window : {int64_t{40}, int64_t{300}, int64_t{700}}) {
+            CHECK(max_error(c.run(2, window), c.reference(window)) < 1e-5);
+        }
+    }
+}
+
 void test_invalid_arguments() {
     std::mt19937 rng(2);
     Case c(4, 2, 64, 16, {7, 30}, rng);
@@ -394,6 +407,7 @@ void test_decode_layers_with_every_family_piece() {
 
 int main() {
     test_against_reference();
+    test_long_sequences();
     test_invalid_arguments();
     test_rms_norm();
     test_rotary_embedding();

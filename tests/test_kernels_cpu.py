@@ -2,8 +2,9 @@
 
 Decode attention works in blocks of the paged cache with 16-float vectors, so lengths 1,
 block - 1, block, block + 1 and several blocks, block sizes 1, 16 and 24 (not a whole number of
-vectors), and every head dim it is built for cover its edges; thread counts 1, 2 and 3 cover the
-work split. RMSNorm and rotary run on the calling thread below 65,536 floats and on the pool
+vectors), and every head dim it is built for cover its edges; a sequence of more than 16 blocks
+is split into spans whose softmaxes are merged, so long sequences (windowed too) cover that;
+thread counts 1, 2 and 3 cover the work split. RMSNorm and rotary run on the calling thread below 65,536 floats and on the pool
 above, so both sizes are tested; rotary must equal its twin bit for bit.
 """
 
@@ -68,6 +69,42 @@ def test_any_thread_count_gives_the_same_answer(threads):
     case = _decode_case(12, 4, 64, 16, [3, 70, 16, 129, 1, 33, 48], seed=threads)
     assert_close(cpu.paged_decode_attention(*case, softmax_scale=0.2), _reference(*case, softmax_scale=0.2),
                  torch.float32)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("window", [None, 40, 300, 700])
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+def test_long_sequences_split_into_spans(head_dim, window, threads):
+    # 16-token blocks: 1,000 tokens are 63 blocks, four spans; 257 tokens two, the last of one block.
+    lengths = [1000, 3, 257, 512, 90]
+    q, k_cache, v_cache, seqlens, table = _decode_case(8, 2, head_dim, 16, lengths, seed=head_dim + threads)
+    q = q * 4  # peaked scores: the spans' maxima differ, so their merge must rescale
+    expected = _reference(q, k_cache, v_cache, seqlens, table, window=window)
+    for row, length in enumerate(lengths):  # NaN before each window: read, it would poison the output
+        for position in range(max(0, length - (window or length))):
+            block, offset = divmod(position, 16)
+            k_cache[table[row, block], offset] = v_cache[table[row, block], offset] = float("nan")
+    got = cpu.paged_decode_attention(q, k_cache, v_cache, seqlens, table, window=window)
+    assert_close(got, expected, torch.float32)
+
+
+def test_a_sequence_gets_the_same_bits_alone_in_a_batch_and_on_any_thread_count():
+    # Spans follow each sequence's own length: neither the batch nor the threads change its sums.
+    case = _decode_case(8, 2, 64, 16, [700, 40, 1300, 5], seed=11)
+    q, k_cache, v_cache, seqlens, table = case
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        batched = cpu.paged_decode_attention(*case)
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            assert torch.equal(cpu.paged_decode_attention(*case), batched)
+            for row in range(len(seqlens)):
+                alone = cpu.paged_decode_attention(q[row : row + 1], k_cache, v_cache, seqlens[row : row + 1],
+                                                   table[row : row + 1])
+                assert torch.equal(alone[0], batched[row])
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_peaked_scores_across_blocks():
