@@ -149,9 +149,9 @@ void decode_layers(const std::vector<DecoderLayerWeights>& layers, const Decoder
                  shape.rms_norm_eps, residual_out, normed, num_threads);
         quantized_matmul(normed, tokens, width, layer.gate_up.data(), layer.gate_up.size(), gate_up, num_threads);
         if (shape.activation == Activation::kGeluTanh) {
-            gelu_tanh_and_mul(gate_up, 2 * inter, tokens, inter, activated, num_threads);
+            gelu_tanh_and_mul(gate_up, 2 * inter, tokens, inter, activated, inter, num_threads);
         } else {
-            silu_and_mul(gate_up, 2 * inter, tokens, inter, activated, num_threads);
+            silu_and_mul(gate_up, 2 * inter, tokens, inter, activated, inter, num_threads);
         }
         if (layer.mlp_output_norm != nullptr) {
             quantized_matmul(activated, tokens, inter, layer.down.data(), layer.down.size(), mlp_out, num_threads);

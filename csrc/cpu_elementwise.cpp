@@ -120,20 +120,21 @@ void geglu_row(const float* gate, const float* up, int64_t inter, float* out) {
 
 }  // namespace
 
-void silu_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out, size_t num_threads) {
+void silu_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out, int64_t out_stride,
+                  size_t num_threads) {
 #pragma omp parallel for num_threads(team_size(rows * inter, num_threads))
     for (int64_t row = 0; row < rows; ++row) {
         const float* gate = x + row * x_stride;
-        swiglu_row(gate, gate + inter, inter, out + row * inter);
+        swiglu_row(gate, gate + inter, inter, out + row * out_stride);
     }
 }
 
 void gelu_tanh_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out,
-                       size_t num_threads) {
+                       int64_t out_stride, size_t num_threads) {
 #pragma omp parallel for num_threads(team_size(rows * inter, num_threads))
     for (int64_t row = 0; row < rows; ++row) {
         const float* gate = x + row * x_stride;
-        geglu_row(gate, gate + inter, inter, out + row * inter);
+        geglu_row(gate, gate + inter, inter, out + row * out_stride);
     }
 }
 

@@ -23,16 +23,17 @@ void rotary_embedding(const float* x, int64_t tokens, int64_t heads, int64_t dim
                       int64_t head_stride, const int64_t* positions, const float* cos_cache, const float* sin_cache,
                       int64_t max_position, float* out, size_t num_threads);
 
-// SwiGLU: out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2 * inter] (row stride as
-// given, contiguous rows) into out [rows, inter]; silu(g) = g * sigmoid(g), sigmoid from an exp of
-// -|g| (never overflows), to float32 rounding (not bit for bit torch's Sleef exp).
-void silu_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out, size_t num_threads);
+// SwiGLU: out[r, i] = silu(x[r, i]) * x[r, inter + i] for x [rows, 2 * inter] into out [rows,
+// inter] (each with its row stride, contiguous rows); silu(g) = g * sigmoid(g), sigmoid from an
+// exp of -|g| (never overflows), to float32 rounding (not bit for bit torch's Sleef exp).
+void silu_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out, int64_t out_stride,
+                  size_t num_threads);
 
 // GeGLU (Gemma): out[r, i] = gelu_tanh(x[r, i]) * x[r, inter + i], shapes as silu_and_mul's;
 // gelu_tanh(g) = g * sigmoid(2 sqrt(2 / pi) (g + 0.044715 g^3)), to float32 rounding (torch
 // computes 0.5 g (1 + tanh(...)) with Sleef's tanh).
 void gelu_tanh_and_mul(const float* x, int64_t x_stride, int64_t rows, int64_t inter, float* out,
-                       size_t num_threads);
+                       int64_t out_stride, size_t num_threads);
 
 // Writes the new keys and values of `tokens` tokens (rows of `row_floats` floats, row strides as
 // given) into cache slots `slots` ([tokens]; slot = block * block_size + offset, < 0 skipped) of

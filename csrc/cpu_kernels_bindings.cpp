@@ -193,16 +193,19 @@ void dequantize_row_range(const Array<uint8_t>& w, int qtype, int64_t first_row,
     fastllm::cpu::dequantize_row_range(matrix, out.shape(1), first_row, out.shape(0), out_data, num_threads);
 }
 
-// A gated activation (SwiGLU or GeGLU) over x [rows, 2 * inter] (contiguous last axis) into out [rows, inter].
-template <void (*kGated)(const float*, int64_t, int64_t, int64_t, float*, size_t)>
+// A gated activation (SwiGLU or GeGLU) over x [rows, 2 * inter] into out [rows, inter] (rows of each
+// strided, with a contiguous last axis: out may be a slice of a wider tensor's columns).
+template <void (*kGated)(const float*, int64_t, int64_t, int64_t, float*, int64_t, size_t)>
 void gated_activation(const Array<float>& x, Array<float>& out, size_t num_threads) {
     const int64_t x_stride = row_stride(x, "x", 2);
-    float* out_data = writeable_output(out, "out", 2);
+    const int64_t out_stride = row_stride(out, "out", 2);
+    if (!out.writeable()) throw std::invalid_argument("out must be writeable");
     if (x.shape(1) % 2 || out.shape(0) != x.shape(0) || out.shape(1) * 2 != x.shape(1)) {
         throw std::invalid_argument("x must be [rows, 2 * inter] and out [rows, inter]");
     }
+    float* out_data = out.mutable_data();
     py::gil_scoped_release release;
-    kGated(x.data(), x_stride, x.shape(0), out.shape(1), out_data, num_threads);
+    kGated(x.data(), x_stride, x.shape(0), out.shape(1), out_data, out_stride, num_threads);
 }
 
 // New keys and values [tokens, heads, dim] (contiguous rows of heads * dim) into the caches' slots.

@@ -228,17 +228,18 @@ void test_rotary_embedding() {
 void test_silu_and_mul() {
     std::mt19937 rng(5);
     for (const int64_t inter : {1, 17, 1537}) {  // vector tails of every kind
-        const int64_t rows = 3, stride = 2 * inter + 5;
+        // Rows of x and of out strided, out's exactly as long as its last row ends (ASan checks).
+        const int64_t rows = 3, stride = 2 * inter + 5, out_stride = inter + 3;
         std::vector<float> x = random_floats(static_cast<size_t>((rows - 1) * stride + 2 * inter), rng);
         for (float& value : x) value *= 8.0f;
-        std::vector<float> out(static_cast<size_t>(rows * inter));
-        silu_and_mul(x.data(), stride, rows, inter, out.data(), 2);
+        std::vector<float> out(static_cast<size_t>((rows - 1) * out_stride + inter));
+        silu_and_mul(x.data(), stride, rows, inter, out.data(), out_stride, 2);
         double worst = 0, largest = 0;
         for (int64_t r = 0; r < rows; ++r) {
             for (int64_t i = 0; i < inter; ++i) {
                 const double gate = x[r * stride + i], up = x[r * stride + inter + i];
                 const double expected = gate / (1.0 + std::exp(-gate)) * up;
-                worst = std::max(worst, std::abs(out[r * inter + i] - expected));
+                worst = std::max(worst, std::abs(out[r * out_stride + i] - expected));
                 largest = std::max(largest, std::abs(expected));
             }
         }
@@ -325,7 +326,7 @@ void test_decode_layers() {
         rms_norm(projected.data(), 32, res.data(), 32, tokens, 32, w.post_attention_norm, 1e-5f, res.data(),
                  normed.data(), 1);
         quantized_matmul(normed.data(), tokens, 32, w.gate_up.data(), 1, gate_up.data(), 1);
-        silu_and_mul(gate_up.data(), 96, tokens, 48, activated.data(), 1);
+        silu_and_mul(gate_up.data(), 96, tokens, 48, activated.data(), 48, 1);
         quantized_matmul(activated.data(), tokens, 48, w.down.data(), 1, x.data(), 1);
     }
     CHECK(out == x && residual == res && cache == cache_by_steps);

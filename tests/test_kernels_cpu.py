@@ -288,6 +288,26 @@ def test_gelu_tanh_and_mul_edges_are_torchs():
     torch.testing.assert_close(cpu.gelu_tanh_and_mul(x), reference.gelu_tanh_and_mul(x), equal_nan=True)
 
 
+@pytest.mark.parametrize("module", [cpu, reference], ids=["cpu", "reference"])
+@pytest.mark.parametrize("name", ["silu_and_mul", "gelu_tanh_and_mul"])
+def test_gated_activations_write_into_strided_out(module, name):
+    # out= as dequantized_gated_matmul passes it: a slice of a wider tensor's columns.
+    activation = getattr(module, name)
+    x = torch.randn(5, 2 * 37, generator=torch.Generator().manual_seed(3)) * 4
+    wide = torch.full((5, 100), 7.0)
+    got = activation(x, out=wide[:, 20:57])
+    assert got.data_ptr() == wide[:, 20:57].data_ptr()
+    assert torch.equal(wide[:, 20:57], activation(x))
+    assert (wide[:, :20] == 7).all() and (wide[:, 57:] == 7).all()
+    for bad, message in (
+        (torch.empty(5, 36), r"out must have shape \(5, 37\)"),
+        (torch.empty(5, 37, dtype=torch.float64), "out must have dtype in"),
+        (torch.empty(37, 5).t(), "out must have a contiguous last axis"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            activation(x, out=bad)
+
+
 def test_store_kv_cache_equals_the_reference_and_skips_negative_slots():
     generator = torch.Generator().manual_seed(2)
     k, v = torch.randn(6, 2, 8, generator=generator), torch.randn(6, 2, 8, generator=generator)

@@ -196,9 +196,9 @@ def test_reused_buffers_change_no_result_and_end_with_the_block(generator):
     def run():
         return [(cpu_quant.dequantized_matmul(x, parts, panel_rows=16),
                  cpu_quant.dequantized_gated_matmul(x, parts, _glu, chunk_rows=20)) for x in inputs]
-    def nested(gate_up: torch.Tensor) -> torch.Tensor:  # an activation that runs the kernel itself first
+    def nested(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:  # runs the kernel itself first
         cpu_quant.dequantized_gated_matmul(inputs[2], parts, _glu, chunk_rows=20)
-        return _glu(gate_up)
+        return _glu(gate_up, out)
 
     outside = run()
     with cpu_quant.reused_buffers():
@@ -214,9 +214,9 @@ def test_reused_buffers_change_no_result_and_end_with_the_block(generator):
     assert torch.equal(activated, outside[0][1])
 
 
-def _glu(gate_up: torch.Tensor) -> torch.Tensor:
+def _glu(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=1)
-    return gate * up
+    return torch.mul(gate, up, out=out)
 
 
 def test_transposed_x_is_made_contiguous(generator):

@@ -143,6 +143,17 @@ def test_gelu_tanh_and_mul(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     assert_close(kernels.gelu_tanh_and_mul(x), reference.gelu_tanh_and_mul(x.double()), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["silu_and_mul", "gelu_tanh_and_mul"])
+def test_gated_activations_write_into_strided_out(name: str, dtype: torch.dtype) -> None:
+    activation = getattr(kernels, name)
+    x = _randn(4, 2 * 300, dtype=dtype, seed=14, scale=3.0)
+    wide = torch.full((4, 400), 7.0, dtype=dtype)
+    assert activation(x, out=wide[:, 50:350]).data_ptr() == wide[:, 50:350].data_ptr()
+    assert torch.equal(wide[:, 50:350], activation(x))
+    assert (wide[:, :50] == 7).all() and (wide[:, 350:] == 7).all()
+
+
 @pytest.mark.parametrize(("block_size", "dtype"), [(16, torch.float32), (32, torch.float16)])
 def test_store_kv_cache(block_size: int, dtype: torch.dtype) -> None:
     num_kv_heads, head_dim, num_blocks = 3, 64, 5

@@ -118,10 +118,20 @@ def check_rotary(
         )
 
 
-def check_silu_and_mul(x: torch.Tensor) -> None:
+def check_silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> None:
+    """x [..., 2I] = [gate | up]; out, if given, [..., I] of x's dtype and device, its last axis
+    contiguous (a slice of a wider 2-D tensor's columns, say), contiguous beyond 2-D."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() == 0 or x.shape[-1] % 2:
         raise ValueError(f"x's last dimension must be even ([gate | up]), got shape {tuple(x.shape)}")
+    if out is None:
+        return
+    check_tensor("out", out, dtypes=(x.dtype,), device=x.device)
+    expected = (*x.shape[:-1], x.shape[-1] // 2)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"out must have shape {expected} for x of shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    if out.numel() and (out.stride(-1) != 1 or (out.dim() > 2 and not out.is_contiguous())):
+        raise ValueError(f"out must have a contiguous last axis (and be contiguous beyond 2-D), got strides {out.stride()}")
 
 
 def check_store_kv_cache(

@@ -20,7 +20,7 @@ _SQRT_2_OVER_PI = 0.7978845608028654
 
 
 @triton.jit
-def _gated_kernel(x_ptr, out_ptr, n_cols, stride_x, GELU: tl.constexpr, BLOCK: tl.constexpr):
+def _gated_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_out, GELU: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -35,29 +35,33 @@ def _gated_kernel(x_ptr, out_ptr, n_cols, stride_x, GELU: tl.constexpr, BLOCK: t
         activated = gate / (1.0 + tl.exp(-gate))
     # Rounded twice, like PyTorch's `F.silu(gate) * up` in the activation dtype.
     activated = activated.to(up.dtype).to(tl.float32)
-    tl.store(out_ptr + row * n_cols + cols, (activated * up.to(tl.float32)).to(up.dtype), mask=mask)
+    tl.store(out_ptr + row * stride_out + cols, (activated * up.to(tl.float32)).to(up.dtype), mask=mask)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]."""
-    return _gated(x, gelu=False)
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]
+    (written into `out` when given: see check_silu_and_mul)."""
+    return _gated(x, out, gelu=False)
 
 
-def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """GeGLU activation (Gemma): x is [..., 2 * I] = [gate | up]; returns gelu_tanh(gate) * up, [..., I]."""
-    return _gated(x, gelu=True)
+def gelu_tanh_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """GeGLU activation (Gemma): x is [..., 2 * I] = [gate | up]; returns gelu_tanh(gate) * up,
+    [..., I] (written into `out` when given)."""
+    return _gated(x, out, gelu=True)
 
 
-def _gated(x: torch.Tensor, *, gelu: bool) -> torch.Tensor:
-    check_silu_and_mul(x)
+def _gated(x: torch.Tensor, out: torch.Tensor | None, *, gelu: bool) -> torch.Tensor:
+    check_silu_and_mul(x, out)
     check_launchable(("x", x))
     n_cols = x.shape[-1] // 2
-    out = torch.empty((*x.shape[:-1], n_cols), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((*x.shape[:-1], n_cols), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    rows = as_rows(x)
+    rows, out_rows = as_rows(x), as_rows(out)
     block = min(next_power_of_2(n_cols), _MAX_BLOCK)
     num_warps = 1 if INTERPRETER else min(8, max(1, block // 256))
     grid = (rows.shape[0], triton.cdiv(n_cols, block))
-    _gated_kernel[grid](rows, out, n_cols, rows.stride(0), GELU=gelu, BLOCK=block, num_warps=num_warps)
+    _gated_kernel[grid](rows, out_rows, n_cols, rows.stride(0), out_rows.stride(0), GELU=gelu, BLOCK=block,
+                        num_warps=num_warps)
     return out

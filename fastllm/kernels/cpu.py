@@ -111,23 +111,30 @@ def rotary_embedding(
     return out_q, out_k
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """`fastllm.kernels.reference.silu_and_mul`, in C++ for float32 CPU rows [T, 2 * I]."""
-    if not (_float32_cpu(x) and _rows(x)):
-        return reference.silu_and_mul(x)
-    return _gated(_cpu_kernels.silu_and_mul, x)
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`fastllm.kernels.reference.silu_and_mul`, in C++ for float32 CPU rows [T, 2 * I] (and `out`
+    rows [T, I], which may be strided: a slice of a wider tensor's columns)."""
+    if not _gated_kernel_applies(x, out):
+        return reference.silu_and_mul(x, out)
+    return _gated(_cpu_kernels.silu_and_mul, x, out)
 
 
-def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """`fastllm.kernels.reference.gelu_tanh_and_mul`, in C++ for float32 CPU rows [T, 2 * I]."""
-    if not (_float32_cpu(x) and _rows(x)):
-        return reference.gelu_tanh_and_mul(x)
-    return _gated(_cpu_kernels.gelu_tanh_and_mul, x)
+def gelu_tanh_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`fastllm.kernels.reference.gelu_tanh_and_mul`, in C++ for float32 CPU rows [T, 2 * I] (and
+    `out` rows [T, I], strided or not)."""
+    if not _gated_kernel_applies(x, out):
+        return reference.gelu_tanh_and_mul(x, out)
+    return _gated(_cpu_kernels.gelu_tanh_and_mul, x, out)
 
 
-def _gated(kernel, x: torch.Tensor) -> torch.Tensor:
-    check_silu_and_mul(x)
-    out = torch.empty((x.shape[0], x.shape[1] // 2), dtype=x.dtype)
+def _gated_kernel_applies(x: torch.Tensor, out: torch.Tensor | None) -> bool:
+    return _float32_cpu(x) and _rows(x) and (out is None or (_float32_cpu(out) and _rows(out)))
+
+
+def _gated(kernel, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    check_silu_and_mul(x, out)
+    if out is None:
+        out = torch.empty((x.shape[0], x.shape[1] // 2), dtype=x.dtype)
     kernel(x.numpy(), out.numpy(), torch.get_num_threads())
     return out
 

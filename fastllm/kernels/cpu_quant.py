@@ -229,12 +229,13 @@ def dequantized_matmul(
 def dequantized_gated_matmul(
     x: torch.Tensor,
     parts: Sequence[Part],
-    activation: Callable[[torch.Tensor], torch.Tensor],
+    activation: Callable[..., torch.Tensor],
     chunk_rows: int | None = None,
     row_orders: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """activation(x @ W^T) -> float32 [M, I] for W = [gate; up] (the parts stacked by rows, 2 * I
-    rows in all) and a gated activation [rows, 2n] -> [rows, n] (e.g. `fastllm.kernels.cpu.silu_and_mul`),
+    rows in all) and a gated activation [rows, 2n] -> [rows, n] that writes into its `out=` (strided
+    rows: each chunk's columns of the result; e.g. `fastllm.kernels.cpu.silu_and_mul`),
     without the [M, 2 * I] product: chunk by chunk of `chunk_rows` features (default: gate and up
     rows of about 4 MB of float32 together, at least 256), their gate and up rows are decoded
     into one panel, multiplied by one torch.mm, and activated: activation(dequantized_matmul(x,
@@ -261,7 +262,7 @@ def dequantized_gated_matmul(
             stack.decode(features + first, features + first + count, buffer[count : 2 * count])
             gate_up = product if count == chunk else product.view(-1)[: x.shape[0] * 2 * count].view(x.shape[0], -1)
             torch.mm(x, buffer[: 2 * count].t(), out=gate_up)
-            out[:, first : first + count] = activation(gate_up)
+            activation(gate_up, out=out[:, first : first + count])
     return out
 
 

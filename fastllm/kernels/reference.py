@@ -99,18 +99,24 @@ def _rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.to(x.dtype)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]."""
-    check_silu_and_mul(x)
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SwiGLU activation: x is [..., 2 * I] = [gate | up]; returns silu(gate) * up, [..., I]
+    (written into `out` when given: see check_silu_and_mul)."""
+    check_silu_and_mul(x, out)
     gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate).mul_(up)  # in place on silu's fresh output: one temporary less
+    if out is None:
+        return F.silu(gate).mul_(up)  # in place on silu's fresh output: one temporary less
+    return torch.mul(F.silu(gate), up, out=out)
 
 
-def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """GeGLU activation (Gemma): x is [..., 2 * I] = [gate | up]; returns gelu_tanh(gate) * up, [..., I]."""
-    check_silu_and_mul(x)
+def gelu_tanh_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """GeGLU activation (Gemma): x is [..., 2 * I] = [gate | up]; returns gelu_tanh(gate) * up,
+    [..., I] (written into `out` when given)."""
+    check_silu_and_mul(x, out)
     gate, up = x.chunk(2, dim=-1)
-    return F.gelu(gate, approximate="tanh").mul_(up)
+    if out is None:
+        return F.gelu(gate, approximate="tanh").mul_(up)
+    return torch.mul(F.gelu(gate, approximate="tanh"), up, out=out)
 
 
 def store_kv_cache(

@@ -42,7 +42,7 @@ class RotaryEmbedding(Protocol):
 
 
 class GatedActivation(Protocol):  # silu_and_mul, gelu_tanh_and_mul: [..., 2I] = [gate | up] -> act(gate) * up
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class StoreKVCache(Protocol):

@@ -17,11 +17,12 @@ Where two implementations could run, the one that runs is the one measured faste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from fastllm.model.backend import GatedActivation
 from fastllm.model.quantized import QuantizedTensor
 from fastllm.model import matmul_tuning
 
@@ -47,7 +48,7 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x [..., in_features] -> [..., out_features]
         raise NotImplementedError
 
-    def gated(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def gated(self, x: torch.Tensor, activation: GatedActivation) -> torch.Tensor:
         """activation(self(x)) for a [gate; up] weight and a gated activation (SwiGLU, GeGLU):
         x [T, in_features] -> [T, out_features / 2] (the activation takes 2-D rows)."""
         return activation(self(x))
@@ -124,7 +125,7 @@ class EncodedLinear(Linear):
             out = self._kernels.dequantized_matmul(rows, self._operands, row_orders=self._row_orders)
         return out.view(*x.shape[:-1], self.out_features)
 
-    def gated(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def gated(self, x: torch.Tensor, activation: GatedActivation) -> torch.Tensor:
         # Above the register kernel's rows, chunks of gate and up features are decoded, multiplied
         # and activated together: the [T, 2I] product, the prefill's largest activation, never exists.
         rows = x.reshape(-1, self.in_features)
