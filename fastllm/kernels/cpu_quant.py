@@ -103,7 +103,7 @@ def _scratch(name: str, rows: int, cols: int) -> Iterator[torch.Tensor]:
 # The checks run on every call, ahead of kernels that take a few microseconds at decode sizes.
 def _check_qtype(name: str, qtype: object) -> GGMLType:
     if isinstance(qtype, bool) or not isinstance(qtype, int):
-        raise TypeError(f"{name} must be a GGMLType (or a gguf.GGMLType), got {type(qtype).__name__}")
+        raise TypeError(f"{name} must be a GGMLType (or a gguf.GGMLQuantizationType), got {type(qtype).__name__}")
     if qtype not in _TYPE_IDS:
         supported = ", ".join(t.name for t in QUANTIZED_TYPES)
         raise ValueError(f"{name} must be one of {supported}, got {qtype!r}")
