@@ -22,12 +22,15 @@ using vec::store;
 using vec::sum_lanes;
 using vec::Vec;
 
-// One work item: blocks [block_begin, block_end) of a sequence, for all its query heads. A long
-// sequence is split into several spans, so that it keeps every thread busy on its own; the
-// spans' partial softmaxes are then merged (merge_spans).
+// One work item: blocks [block_begin, block_end) of a sequence, for the query heads of KV heads
+// [kv_begin, kv_end). A long sequence is split into several spans, so that it keeps every thread
+// busy on its own; the spans' partial softmaxes are then merged (merge_spans). Too few spans for
+// the threads are split by KV heads too (which changes no sum: each head is computed alone).
+// Arrays are the sequence's, indexed by query head; an item touches its own heads only.
 struct SpanTask {
     const float* q;          // [heads, head_dim]
     int64_t heads, group;    // the sequence's query heads, and those per KV head
+    int64_t kv_begin, kv_end;
     const int32_t* blocks;   // the sequence's row of the block table
     int64_t block_begin, block_end;
     int64_t first;           // the first token attended to (a sliding window's start, else 0)
@@ -60,10 +63,13 @@ FASTLLM_INLINE void attend_span_fixed(const PagedCache& cache, const SpanTask& t
     const int64_t num_blocks = (task.length + block_size - 1) / block_size;
     const int64_t first_block = task.first / block_size;
     const int64_t padded_block = (block_size + kLanes - 1) / kLanes * kLanes;
-    const int64_t prefetch_floats = token_stride <= kWholeRowFloats ? token_stride : kRowStartFloats;
-    std::fill(task.max_score, task.max_score + task.heads, -std::numeric_limits<float>::infinity());
-    std::fill(task.denominator, task.denominator + task.heads, 0.0f);
-    std::fill(task.out, task.out + task.heads * dim, 0.0f);
+    // The part of each token row the item reads: its KV heads.
+    const int64_t row_begin = task.kv_begin * dim, row_floats = (task.kv_end - task.kv_begin) * dim;
+    const int64_t prefetch_floats = row_floats <= kWholeRowFloats ? row_floats : kRowStartFloats;
+    const int64_t head_begin = task.kv_begin * task.group, head_end = task.kv_end * task.group;
+    std::fill(task.max_score + head_begin, task.max_score + head_end, -std::numeric_limits<float>::infinity());
+    std::fill(task.denominator + head_begin, task.denominator + head_end, 0.0f);
+    std::fill(task.out + head_begin * dim, task.out + head_end * dim, 0.0f);
 
     for (int64_t j = task.block_begin; j < task.block_end; ++j) {
         const int64_t offset = static_cast<int64_t>(task.blocks[j]) * block_stride;
@@ -72,7 +78,7 @@ FASTLLM_INLINE void attend_span_fixed(const PagedCache& cache, const SpanTask& t
         if (j + 1 < num_blocks) {
             // Written out here, not in a lambda: GCC deems a function that only prefetches pure
             // and deletes the calls.
-            const int64_t next = static_cast<int64_t>(task.blocks[j + 1]) * block_stride;
+            const int64_t next = static_cast<int64_t>(task.blocks[j + 1]) * block_stride + row_begin;
             const int64_t next_tokens = std::min(block_size, task.length - (j + 1) * block_size);
             for (int64_t t = 0; t < next_tokens; ++t) {
                 for (int64_t d = 0; d < prefetch_floats; d += kLanes) {
@@ -81,7 +87,7 @@ FASTLLM_INLINE void attend_span_fixed(const PagedCache& cache, const SpanTask& t
                 }
             }
         }
-        for (int64_t head = 0; head < task.heads; ++head) {
+        for (int64_t head = head_begin; head < head_end; ++head) {
             const float* keys = cache.keys + offset + head / task.group * dim;
             const float* values = cache.values + offset + head / task.group * dim;
             // A row of scores per query head: the heads' passes over a block do not wait on each other.
@@ -146,7 +152,7 @@ FASTLLM_INLINE void attend_span_fixed(const PagedCache& cache, const SpanTask& t
         }
     }
     if (task.normalize) {
-        for (int64_t head = 0; head < task.heads; ++head) {
+        for (int64_t head = head_begin; head < head_end; ++head) {
             const float inverse = 1.0f / task.denominator[head];
             float* out = task.out + head * dim;
             for (int64_t c = 0; c < kChunks; ++c) store(out + c * kLanes, load(out + c * kLanes) * inverse);
@@ -231,8 +237,16 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     // A sequence's blocks are split into spans of about kSpanBlocks (a sequence's own length
     // decides, not the batch nor the thread count: its output does not depend on them).
     constexpr int64_t kSpanBlocks = 16;
-    std::vector<int64_t> firsts(static_cast<size_t>(batch)), first_blocks(static_cast<size_t>(batch)),
-        num_blocks(static_cast<size_t>(batch));
+    // Per-call bookkeeping in buffers the calling thread keeps (a decode step calls this once a
+    // layer), named by references: inside the parallel region a thread_local name would be each
+    // thread's own.
+    thread_local std::vector<int64_t> kept_firsts, kept_first_blocks, kept_num_blocks;
+    std::vector<int64_t>& firsts = kept_firsts;
+    std::vector<int64_t>& first_blocks = kept_first_blocks;
+    std::vector<int64_t>& num_blocks = kept_num_blocks;
+    firsts.resize(static_cast<size_t>(batch));
+    first_blocks.resize(static_cast<size_t>(batch));
+    num_blocks.resize(static_cast<size_t>(batch));
     for (int64_t b = 0; b < batch; ++b) {
         const int64_t length = seqlens[b];
         firsts[b] = window > 0 && length > window ? length - window : 0;
@@ -242,8 +256,12 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     struct Span {
         int64_t sequence, block_begin, block_end, partial;  // partial: its slot of partial sums, -1 for a whole sequence
     };
-    std::vector<Span> spans;
-    std::vector<std::pair<int64_t, int64_t>> split;  // (sequence, its first partial slot) of each split sequence
+    thread_local std::vector<Span> kept_spans;
+    thread_local std::vector<std::pair<int64_t, int64_t>> kept_split;
+    std::vector<Span>& spans = kept_spans;
+    std::vector<std::pair<int64_t, int64_t>>& split = kept_split;  // (sequence, its first partial slot) of each split sequence
+    spans.clear();
+    split.clear();
     int64_t partials = 0;
     for (int64_t b = 0; b < batch; ++b) {
         const int64_t blocks = num_blocks[b] - first_blocks[b];
@@ -265,20 +283,29 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     std::stable_sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
         return a.block_end - a.block_begin > b.block_end - b.block_begin;
     });
-    const int64_t items = static_cast<int64_t>(spans.size());
+    const int64_t num_spans = static_cast<int64_t>(spans.size());
+    // Two items per thread at least: a short sequence alone splits by KV heads.
+    const int64_t head_parts = std::clamp<int64_t>((2 * threads + num_spans - 1) / std::max<int64_t>(num_spans, 1), 1,
+                                                   cache.num_kv_heads);
+    const int64_t items = num_spans * head_parts;
     // The threads are OpenMP's: this module links libgomp.so.1, the loader gives it the copy torch
     // loaded, so the kernel runs on torch's own intra-op threads instead of competing with them
     // for the cores.
 #pragma omp parallel num_threads(static_cast<int>(threads))
     {
-        std::vector<float> scores(scores_size), whole_stats(static_cast<size_t>(2 * num_q_heads));
+        thread_local std::vector<float> scores, whole_stats;  // each OpenMP thread's, kept between calls
+        scores.resize(scores_size);
+        whole_stats.resize(static_cast<size_t>(2 * num_q_heads));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; ++item) {
-            const Span& span = spans[static_cast<size_t>(item)];
+            const Span& span = spans[static_cast<size_t>(item / head_parts)];
+            const int64_t part = item % head_parts;
             const int64_t b = span.sequence;
             const bool whole = span.partial < 0;
             float* const stat = whole ? whole_stats.data() : stats + span.partial * 2 * num_q_heads;
-            attend_span(cache, SpanTask{q + b * num_q_heads * dim, num_q_heads, group, block_table + b * table_width,
+            attend_span(cache, SpanTask{q + b * num_q_heads * dim, num_q_heads, group,
+                                        part * cache.num_kv_heads / head_parts, (part + 1) * cache.num_kv_heads / head_parts,
+                                        block_table + b * table_width,
                                         span.block_begin, span.block_end, firsts[b], seqlens[b], scale, scores.data(),
                                         whole ? out + b * num_q_heads * dim : sums + span.partial * num_q_heads * dim,
                                         stat, stat + num_q_heads, whole});

@@ -89,7 +89,8 @@ def test_long_sequences_split_into_spans(head_dim, window, threads):
 
 
 def test_a_sequence_gets_the_same_bits_alone_in_a_batch_and_on_any_thread_count():
-    # Spans follow each sequence's own length: neither the batch nor the threads change its sums.
+    # Spans follow each sequence's own length, and a span split by KV heads (a short sequence alone)
+    # computes each head as a whole one does: neither the batch nor the threads change its sums.
     case = _decode_case(8, 2, 64, 16, [700, 40, 1300, 5], seed=11)
     q, k_cache, v_cache, seqlens, table = case
     before = torch.get_num_threads()
