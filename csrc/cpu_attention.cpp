@@ -29,7 +29,7 @@ using vec::Vec;
 // Arrays are the sequence's, indexed by query head; an item touches its own heads only.
 struct SpanTask {
     const float* q;          // [heads, head_dim]
-    int64_t heads, group;    // the sequence's query heads, and those per KV head
+    int64_t group;           // query heads per KV head
     int64_t kv_begin, kv_end;
     const int32_t* blocks;   // the sequence's row of the block table
     int64_t block_begin, block_end;
@@ -175,7 +175,6 @@ void attend_span(const PagedCache& cache, const SpanTask& task) {
     }
 }
 
-
 // Query head `head`'s output [dim] from a sequence's `count` spans, whose slots are consecutive:
 // sums [count][heads][dim], unnormalized; stats [count][2][heads], maxima then denominators.
 void merge_spans(const float* sums, const float* stats, int64_t count, int64_t heads, int64_t dim, int64_t head,
@@ -237,39 +236,33 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
     // A sequence's blocks are split into spans of about kSpanBlocks (a sequence's own length
     // decides, not the batch nor the thread count: its output does not depend on them).
     constexpr int64_t kSpanBlocks = 16;
+    struct Span {
+        int64_t sequence, first, block_begin, block_end;
+        int64_t partial;  // its slot of partial sums, -1 for a whole sequence
+    };
+    struct Split {
+        int64_t sequence, first_slot, spans;
+    };
     // Per-call bookkeeping in buffers the calling thread keeps (a decode step calls this once a
     // layer), named by references: inside the parallel region a thread_local name would be each
     // thread's own.
-    thread_local std::vector<int64_t> kept_firsts, kept_first_blocks, kept_num_blocks;
-    std::vector<int64_t>& firsts = kept_firsts;
-    std::vector<int64_t>& first_blocks = kept_first_blocks;
-    std::vector<int64_t>& num_blocks = kept_num_blocks;
-    firsts.resize(static_cast<size_t>(batch));
-    first_blocks.resize(static_cast<size_t>(batch));
-    num_blocks.resize(static_cast<size_t>(batch));
-    for (int64_t b = 0; b < batch; ++b) {
-        const int64_t length = seqlens[b];
-        firsts[b] = window > 0 && length > window ? length - window : 0;
-        first_blocks[b] = firsts[b] / cache.block_size;
-        num_blocks[b] = (length + cache.block_size - 1) / cache.block_size;
-    }
-    struct Span {
-        int64_t sequence, block_begin, block_end, partial;  // partial: its slot of partial sums, -1 for a whole sequence
-    };
     thread_local std::vector<Span> kept_spans;
-    thread_local std::vector<std::pair<int64_t, int64_t>> kept_split;
+    thread_local std::vector<Split> kept_splits;
     std::vector<Span>& spans = kept_spans;
-    std::vector<std::pair<int64_t, int64_t>>& split = kept_split;  // (sequence, its first partial slot) of each split sequence
+    std::vector<Split>& splits = kept_splits;  // the sequences split into several spans
     spans.clear();
-    split.clear();
+    splits.clear();
     int64_t partials = 0;
     for (int64_t b = 0; b < batch; ++b) {
-        const int64_t blocks = num_blocks[b] - first_blocks[b];
+        const int64_t length = seqlens[b];
+        const int64_t first = window > 0 && length > window ? length - window : 0;
+        const int64_t first_block = first / cache.block_size;
+        const int64_t blocks = (length + cache.block_size - 1) / cache.block_size - first_block;
         const int64_t count = (blocks + kSpanBlocks - 1) / kSpanBlocks;
-        if (count > 1) split.emplace_back(b, partials);
+        if (count > 1) splits.push_back({b, partials, count});
         for (int64_t s = 0; s < count; ++s) {
-            const int64_t begin = first_blocks[b] + s * blocks / count, end = first_blocks[b] + (s + 1) * blocks / count;
-            spans.push_back({b, begin, end, count > 1 ? partials++ : -1});
+            const int64_t begin = first_block + s * blocks / count, end = first_block + (s + 1) * blocks / count;
+            spans.push_back({b, first, begin, end, count > 1 ? partials++ : -1});
         }
     }
     // Partial sums, maxima and denominators per split span; kept between calls (no allocation per step).
@@ -303,20 +296,19 @@ void paged_decode_attention(const float* q, int64_t batch, int64_t num_q_heads, 
             const int64_t b = span.sequence;
             const bool whole = span.partial < 0;
             float* const stat = whole ? whole_stats.data() : stats + span.partial * 2 * num_q_heads;
-            attend_span(cache, SpanTask{q + b * num_q_heads * dim, num_q_heads, group,
+            attend_span(cache, SpanTask{q + b * num_q_heads * dim, group,
                                         part * cache.num_kv_heads / head_parts, (part + 1) * cache.num_kv_heads / head_parts,
                                         block_table + b * table_width,
-                                        span.block_begin, span.block_end, firsts[b], seqlens[b], scale, scores.data(),
+                                        span.block_begin, span.block_end, span.first, seqlens[b], scale, scores.data(),
                                         whole ? out + b * num_q_heads * dim : sums + span.partial * num_q_heads * dim,
                                         stat, stat + num_q_heads, whole});
         }
 #pragma omp for schedule(static)
-        for (int64_t i = 0; i < static_cast<int64_t>(split.size()) * num_q_heads; ++i) {
-            const auto [b, slot] = split[static_cast<size_t>(i / num_q_heads)];
-            const int64_t count = (num_blocks[b] - first_blocks[b] + kSpanBlocks - 1) / kSpanBlocks;
+        for (int64_t i = 0; i < static_cast<int64_t>(splits.size()) * num_q_heads; ++i) {
+            const Split& split = splits[static_cast<size_t>(i / num_q_heads)];
             const int64_t head = i % num_q_heads;
-            merge_spans(sums + slot * num_q_heads * dim, stats + slot * 2 * num_q_heads, count, num_q_heads, dim, head,
-                        out + (b * num_q_heads + head) * dim);
+            merge_spans(sums + split.first_slot * num_q_heads * dim, stats + split.first_slot * 2 * num_q_heads,
+                        split.spans, num_q_heads, dim, head, out + (split.sequence * num_q_heads + head) * dim);
         }
     }
 }

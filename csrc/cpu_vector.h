@@ -31,18 +31,25 @@ FASTLLM_INLINE void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 
 FASTLLM_INLINE Vec broadcast(float x) { return Vec{} + x; }
 
-FASTLLM_INLINE float sum_lanes(Vec v) {
+// v's lanes folded pairwise with `combine`: its halves, their halves, then the last four lanes
+// (the order sum_lanes and max_lanes share).
+template <class Combine>
+FASTLLM_INLINE float fold_lanes(Vec v, Combine combine) {
     typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
     typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
     Half low, high;
     std::memcpy(&low, &v, sizeof low);
     std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
-    const Half halves = low + high;
+    const Half halves = combine(low, high);
     Quarter q_low, q_high;
     std::memcpy(&q_low, &halves, sizeof q_low);
     std::memcpy(&q_high, reinterpret_cast<const char*>(&halves) + sizeof q_low, sizeof q_high);
-    const Quarter quarters = q_low + q_high;
-    return (quarters[0] + quarters[2]) + (quarters[1] + quarters[3]);
+    const Quarter quarters = combine(q_low, q_high);
+    return combine(combine(quarters[0], quarters[2]), combine(quarters[1], quarters[3]));
+}
+
+FASTLLM_INLINE float sum_lanes(Vec v) {
+    return fold_lanes(v, [](auto a, auto b) { return a + b; });
 }
 
 namespace detail {
@@ -80,23 +87,10 @@ FASTLLM_INLINE Vec sum_each(const Vec* v) {
     return detail::pair_step<2>(twos[0], twos[1]);
 }
 
-// The largest lane, in halving steps (a NaN lane is passed over unless every compare meets one).
+// The largest lane (a NaN lane is passed over unless every compare meets one).
 FASTLLM_INLINE float max_lanes(Vec v) {
-    typedef float Half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
-    typedef float Quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
-    Half low, high;
-    std::memcpy(&low, &v, sizeof low);
-    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
-    const Half halves = high > low ? high : low;
-    Quarter q_low, q_high;
-    std::memcpy(&q_low, &halves, sizeof q_low);
-    std::memcpy(&q_high, reinterpret_cast<const char*>(&halves) + sizeof q_low, sizeof q_high);
-    const Quarter quarters = q_high > q_low ? q_high : q_low;
-    const float a = quarters[0] > quarters[2] ? quarters[0] : quarters[2];
-    const float b = quarters[1] > quarters[3] ? quarters[1] : quarters[3];
-    return a > b ? a : b;
+    return fold_lanes(v, [](auto a, auto b) { return b > a ? b : a; });
 }
-
 
 // exp(x) for x <= 0, to float32 rounding: Cephes' expf, i.e. x = n ln2 + r with |r| <= ln2 / 2, a
 // degree-6 polynomial for e^r, 2^n from the exponent bits. Below -87 (e^-87 ~ 1.6e-38, nothing

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.ggml_types import GGMLType
+from fastllm.loader.checkpoint import Checkpoint, CheckpointError, ShardFor
 from fastllm.loader.gguf_file import GGUFFile
 from fastllm.model.config import ModelConfig
 from fastllm.model.quantized import FLOAT_TYPES, QuantizedTensor, dequantize

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 
 Q = GGMLType
