@@ -67,7 +67,9 @@ class Sampler:
         logits = self._mask_early_stops(logits, seqs)
         logits = self._apply_penalties(logits, seqs)
         if all(p.is_greedy for p in params):
-            tokens = logits.argmax(dim=-1)
+            # max's indices are argmax's (the first maximum; a NaN counts as the maximum), and
+            # torch's CPU kernel for max is the faster one (benchmarks/README.md, "Generation").
+            tokens = logits.max(dim=-1).indices
         else:
             tokens = self._draw(logits, seqs)
         token_ids = tokens.tolist()
