@@ -4,8 +4,9 @@ Decode attention works in blocks of the paged cache with 16-float vectors, so le
 block - 1, block, block + 1 and several blocks, block sizes 1, 16 and 24 (not a whole number of
 vectors), and every head dim it is built for cover its edges; a sequence of more than 16 blocks
 is split into spans whose softmaxes are merged, so long sequences (windowed too) cover that;
-thread counts 1, 2 and 3 cover the work split. RMSNorm and rotary run on the calling thread below 65,536 floats and on the pool
-above, so both sizes are tested; rotary must equal its twin bit for bit.
+thread counts 1, 2 and 3 cover the work split. RMSNorm and rotary run on the calling thread
+below 65,536 floats and on the pool above, so both sizes are tested; rotary must equal its twin
+bit for bit.
 """
 
 from __future__ import annotations

@@ -35,9 +35,8 @@ def test_greedy_is_argmax(sampler):
     assert out.logprobs == [None] * 4
 
 
-def test_greedy_takes_argmaxs_first_maximum_and_nans():
+def test_greedy_takes_argmaxs_first_maximum_and_nans(sampler):
     # Rows: ties (the first wins), a NaN among finite values, two NaNs, +inf twice, all -inf.
-    sampler = Sampler(get_backend("torch"), eos_token_ids=[])
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([
         [1.0, 5.0, 2.0, 5.0, 5.0],
@@ -48,10 +47,10 @@ def test_greedy_takes_argmaxs_first_maximum_and_nans():
     ])
     generator = torch.Generator().manual_seed(0)
     ties = torch.randint(-2, 3, (64, 1000), generator=generator).float()  # many equal maxima per row
+    assert logits.argmax(-1).tolist() == [1, 2, 0, 1, 0]
     for batch in (logits, ties):
         out = sampler(batch, [seq([1], temperature=0) for _ in range(batch.shape[0])])
         assert out.token_ids == batch.argmax(-1).tolist()
-    assert sampler(logits, [seq([1], temperature=0) for _ in range(5)]).token_ids == [1, 2, 0, 1, 0]
 
 
 def test_repetition_penalty_matches_transformers(sampler):
