@@ -26,6 +26,7 @@ from gguf import quants
 
 from fastllm import _cpu_kernels
 from fastllm.kernels import cpu_quant
+from fastllm.kernels.cpu_buffers import StepBuffers
 
 TOLERANCE = 2e-6
 ISAS = cpu_quant.available_isas()
@@ -188,30 +189,36 @@ def test_gated_matmul_and_row_orders_read_the_stack_as_decoded(isa, generator, t
             assert ((gated.double() - gate * up).abs() <= slack * (gate.abs() + up.abs() + slack)).all(), chunk
 
 
-def test_reused_buffers_change_no_result_and_end_with_the_block(generator):
-    """Inside reused_buffers() the kernels' temporaries carry over between calls of any sizes
-    (grown when a call needs more); results equal those outside it, and the block frees them."""
+def test_step_buffers_change_no_result(generator):
+    """Inside a StepBuffers block, with a phase begun before each call, the kernels' results and
+    temporaries come from the step's buffer (sized by the first step, exact after it); they equal
+    the results outside any block, also when an activation runs a kernel itself."""
     parts = [(random_weights(Q.Q4_0, 64, 128, generator), Q.Q4_0), (random_weights(Q.Q8_0, 30, 128, generator), Q.Q8_0)]
     inputs = [torch.randn(rows, 128, generator=generator) for rows in (40, 7, 300, 40)]
-    def run():
-        return [(cpu_quant.dequantized_matmul(x, parts, panel_rows=16),
-                 cpu_quant.dequantized_gated_matmul(x, parts, _glu, chunk_rows=20)) for x in inputs]
+    buffers = StepBuffers()
+
+    def run(phases: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        results = []
+        for x in inputs:
+            if phases:
+                buffers.begin_phase()
+            results.append((cpu_quant.dequantized_matmul(x, parts, panel_rows=16).clone(),
+                            cpu_quant.dequantized_gated_matmul(x, parts, _glu, chunk_rows=20).clone()))
+        return results
+
     def nested(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:  # runs the kernel itself first
         cpu_quant.dequantized_gated_matmul(inputs[2], parts, _glu, chunk_rows=20)
         return _glu(gate_up, out)
 
-    outside = run()
-    with cpu_quant.reused_buffers():
-        with cpu_quant.reused_buffers():  # a nested block joins the outer one
-            inner = run()
-        assert cpu_quant._reuse.buffers  # still held: the outer block has not ended
-        inside = run()
-        activated = cpu_quant.dequantized_gated_matmul(inputs[0], parts, nested, chunk_rows=20)
-    assert cpu_quant._reuse.buffers is None
-    for got in (inner, inside):
-        for (a, b), (c, d) in zip(got, outside):
+    outside = run(phases=False)
+    for _ in range(2):  # the first step sizes the buffer, the second fits in it
+        with buffers():
+            inside = run(phases=True)
+            buffers.begin_phase()
+            activated = cpu_quant.dequantized_gated_matmul(inputs[0], parts, nested, chunk_rows=20)
+        for (a, b), (c, d) in zip(inside, outside):
             assert torch.equal(a, c) and torch.equal(b, d)
-    assert torch.equal(activated, outside[0][1])
+        assert torch.equal(activated, outside[0][1])
 
 
 def _glu(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

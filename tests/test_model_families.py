@@ -11,6 +11,7 @@ shorter than the prompts, so the windows matter.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -78,6 +79,29 @@ def test_one_call_decode_equals_the_layer_by_layer_path(families, family):
     model._fused_decode = None
     layered = paged_logits(model, PROMPTS, [tokens for _, tokens in references], block_size=4)
     assert all(torch.equal(a, b) for a, b in zip(fused, layered))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if FAMILIES[f][3]])
+def test_step_buffers_change_no_logit(families, family):
+    """The layers' kernel results in the step's shared buffer give, bit for bit, the logits that a
+    fresh tensor for each gives: through panels and sgemm and through the register kernel."""
+    _, _, path, references = families[family]
+    model = _load(path, "cpu")
+    model._fused_decode = None  # decode steps through the layers too
+    tokens = [tokens for _, tokens in references]
+    buffered = {}
+    for direct in (0, 1 << 20):
+        for linear in _encoded_linears(model):
+            linear.direct_max_rows = direct
+        buffered[direct] = paged_logits(model, PROMPTS, tokens, block_size=4)
+    model._step_buffers = nullcontext
+    for layer in model.layers:
+        layer.begin_phase = lambda: None
+    for direct, logits in buffered.items():
+        for linear in _encoded_linears(model):
+            linear.direct_max_rows = direct
+        fresh = paged_logits(model, PROMPTS, tokens, block_size=4)
+        assert all(torch.equal(a, b) for a, b in zip(logits, fresh)), direct
 
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from fastllm import _cpu_kernels
-from fastllm.kernels import reference
+from fastllm.kernels import cpu_buffers, reference
 from fastllm.kernels._checks import (
     check_paged_decode,
     check_rms_norm,
@@ -68,7 +68,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if not (_float32_cpu(x, weight) and _rows(x)):
         return reference.rms_norm(x, weight, eps)
     check_rms_norm(x, weight, eps)
-    out = torch.empty(x.shape, dtype=x.dtype)
+    out = cpu_buffers.output(x.shape[0], x.shape[1])
     _cpu_kernels.rms_norm(x.numpy(), None, weight.contiguous().numpy(), eps, None, out.numpy(), torch.get_num_threads())
     return out
 
@@ -80,7 +80,10 @@ def fused_add_rms_norm(
     if not (_float32_cpu(x, residual, weight) and _rows(x) and _rows(residual)):
         return reference.fused_add_rms_norm(x, residual, weight, eps)
     check_rms_norm(x, weight, eps, residual)
-    out, summed = torch.empty((2, *x.shape), dtype=x.dtype)  # one allocation for both
+    # In a model step, the step's two buffers: the sum is written over `residual` when it is the
+    # last call's sum (row by row, each element read before it is written).
+    out = cpu_buffers.carried("normed", x.shape[0], x.shape[1])
+    summed = cpu_buffers.carried("residual", x.shape[0], x.shape[1])
     _cpu_kernels.rms_norm(
         x.numpy(), residual.numpy(), weight.contiguous().numpy(), eps, summed.numpy(), out.numpy(),
         torch.get_num_threads(),
@@ -101,7 +104,7 @@ def rotary_embedding(
     check_rotary(q, k, positions, cos_cache, sin_cache)
     tokens, head_dim = q.shape[0], q.shape[-1]
     # One allocation for both outputs: at decode sizes allocations are a good part of the cost.
-    out = torch.empty(tokens * (q.shape[1] + k.shape[1]) * head_dim, dtype=q.dtype)
+    out = cpu_buffers.output(tokens, (q.shape[1] + k.shape[1]) * head_dim).view(-1)
     out_q = out[: q.numel()].view(q.shape)
     out_k = out[q.numel() :].view(k.shape)
     _cpu_kernels.rotary_embedding(

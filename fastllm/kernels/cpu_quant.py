@@ -22,7 +22,6 @@ Everything runs on torch's intra-op threads (torch.get_num_threads()).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -30,6 +29,7 @@ import torch
 
 from fastllm import _cpu_kernels
 from fastllm.ggml_types import BLOCK_SIZES, GGMLType
+from fastllm.kernels import cpu_buffers
 from fastllm.kernels._checks import check_shape, check_tensor
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "forced_isa",
     "isa",
     "quantized_matmul",
-    "reused_buffers",
 ]
 
 QUANTIZED_TYPES: tuple[GGMLType, ...] = tuple(GGMLType(t) for t in _cpu_kernels.quant_types)
@@ -61,43 +60,6 @@ _MIN_GATED_ROWS = 256
 
 _CPU = torch.device("cpu")
 _TYPE_IDS = frozenset(int(t) for t in QUANTIZED_TYPES)
-_reuse = threading.local()  # while reused_buffers() is active: .buffers (name -> storage), .busy (names in use)
-
-
-@contextmanager
-def reused_buffers() -> Iterator[None]:
-    """Inside the block (this thread only), the panel buffers and gated products of
-    `dequantized_matmul` and `dequantized_gated_matmul` are kept from call to call and freed at
-    its end. Run around one model step: its layers then write the same pages, where fresh buffers
-    for each layer had the C library map new pages and the step fault them in. Nested blocks join
-    the outermost one."""
-    outermost = getattr(_reuse, "buffers", None) is None
-    if outermost:
-        _reuse.buffers, _reuse.busy = {}, set()
-    try:
-        yield
-    finally:
-        if outermost:
-            _reuse.buffers = _reuse.busy = None
-
-
-@contextmanager
-def _scratch(name: str, rows: int, cols: int) -> Iterator[torch.Tensor]:
-    """A float32 [rows, cols] buffer for a kernel's own temporary `name` while the `with` lasts:
-    inside reused_buffers() the block's (grown when too small), else, or when a call already
-    holds it (an activation that runs a kernel itself), a new one."""
-    buffers = getattr(_reuse, "buffers", None)
-    if buffers is None or name in _reuse.busy:
-        yield torch.empty(rows, cols)
-        return
-    flat = buffers.get(name)
-    if flat is None or flat.numel() < rows * cols:
-        flat = buffers[name] = torch.empty(rows * cols)
-    _reuse.busy.add(name)
-    try:
-        yield flat[: rows * cols].view(rows, cols)
-    finally:
-        _reuse.busy.discard(name)
 
 
 # The checks run on every call, ahead of kernels that take a few microseconds at decode sizes.
@@ -161,9 +123,9 @@ def _check_operands(
 
 
 def _output(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
-    """out checked against `shape`, or a new tensor of it when None."""
+    """out checked against `shape`, or when None a result buffer of it (`cpu_buffers.output`)."""
     if out is None:
-        return torch.empty(shape, dtype=torch.float32)
+        return cpu_buffers.output(*shape)
     check_tensor("out", out, ndim=2, dtypes=(torch.float32,), device=_CPU)
     if tuple(out.shape) != shape or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous tensor of shape {shape}, got {tuple(out.shape)} "
@@ -219,7 +181,7 @@ def dequantized_matmul(
     else:
         _check_positive("panel_rows", panel_rows)
     stack = _DecodedStack(checked, _check_row_orders(row_orders, checked))
-    with _scratch("panel", min(panel_rows, out.shape[1]), x.shape[1]) as buffer:
+    with cpu_buffers.temporary(min(panel_rows, out.shape[1]), x.shape[1]) as buffer:
         for first in range(0, out.shape[1], panel_rows):
             panel = stack.decode(first, min(first + panel_rows, out.shape[1]), buffer)
             torch.mm(x, panel.t(), out=out[:, first : first + panel.shape[0]])
@@ -252,10 +214,10 @@ def dequantized_gated_matmul(
     else:
         _check_positive("chunk_rows", chunk_rows)
     stack = _DecodedStack(checked, _check_row_orders(row_orders, checked))
-    out = torch.empty(x.shape[0], features)
+    out = cpu_buffers.output(x.shape[0], features)
     chunk = min(chunk_rows, features)
-    with (_scratch("panel", 2 * chunk, x.shape[1]) as buffer,
-          _scratch("gated product", x.shape[0], 2 * chunk) as product):
+    with (cpu_buffers.temporary(2 * chunk, x.shape[1]) as buffer,
+          cpu_buffers.temporary(x.shape[0], 2 * chunk) as product):
         for first in range(0, features, chunk):
             count = min(chunk, features - first)
             stack.decode(first, first + count, buffer[:count])

@@ -60,6 +60,10 @@ def _dense(weight: torch.Tensor | QuantizedTensor, dtype: torch.dtype, device: t
 _GATED_ACTIVATIONS = {"silu": "silu_and_mul", "gelu_pytorch_tanh": "gelu_tanh_and_mul"}
 
 
+def _no_phase() -> None:
+    pass
+
+
 class RMSNorm(nn.Module):
     """RMSNorm whose `weight` is the scale itself: Llama's w in the model dtype, or Gemma's 1 + w in
     float32 (`norm_weight_offset`; the ops then scale before casting to the activation dtype, as HF
@@ -173,6 +177,9 @@ class LlamaDecoderLayer(nn.Module):
         self.attention_output_norm = norm() if config.sandwich_norms else None
         self.mlp_output_norm = norm() if config.sandwich_norms else None
         self.local_rope = config.is_sliding(layer) and config.local_rope_theta is not None
+        # Called where each half of the layer begins (load_weights sets it for the CPU kernels'
+        # StepBuffers): the half's kernel results may then reuse the memory of the half before.
+        self.begin_phase: Callable[[], None] = _no_phase
 
     def forward(
         self,
@@ -185,10 +192,12 @@ class LlamaDecoderLayer(nn.Module):
         meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, residual = self.input_layernorm(hidden, residual)
+        self.begin_phase()
         hidden = self.self_attn(hidden, positions, cos_sin, k_cache, v_cache, meta)
         if self.attention_output_norm is not None:
             hidden, _ = self.attention_output_norm(hidden)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
+        self.begin_phase()
         hidden = self.mlp(hidden)
         if self.mlp_output_norm is not None:
             hidden, _ = self.mlp_output_norm(hidden)
@@ -343,12 +352,16 @@ class LlamaForCausalLM(nn.Module):
         # Rebuilt on every load: a checkpoint without "rope_freqs" must not keep a previous one's.
         self._set_rotary(weights.get(ROPE_FREQS), self.device)
         self._fused_decode = FusedDecode(self) if FusedDecode.applies(self) else None
-        # Encoded weights: within a step, the CPU kernels keep their panel buffers from layer to layer.
+        # Encoded weights: within a step, the CPU kernels reuse their buffers from layer to layer.
         self._step_buffers = nullcontext
+        begin_phase = _no_phase
         if encoded:
-            from fastllm.kernels import cpu_quant
+            from fastllm.kernels.cpu_buffers import StepBuffers
 
-            self._step_buffers = cpu_quant.reused_buffers
+            buffers = StepBuffers()
+            self._step_buffers, begin_phase = buffers, buffers.begin_phase
+        for layer in self.layers:
+            layer.begin_phase = begin_phase
 
     # -- forward ---------------------------------------------------------------------------
 

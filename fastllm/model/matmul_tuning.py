@@ -63,6 +63,7 @@ def direct_kernel_max_rows(operands: Sequence[tuple[torch.Tensor, object]], cols
     increasing order and stops once panels have won twice in a row; 0 if panels win from one row.
     """
     from fastllm.kernels import cpu_quant
+    from fastllm.kernels.cpu_buffers import StepBuffers
 
     probe, left = [], PROBE_ROWS
     for data, qtype in operands:
@@ -71,11 +72,22 @@ def direct_kernel_max_rows(operands: Sequence[tuple[torch.Tensor, object]], cols
             left -= min(left, data.shape[0])
     key = ("direct", tuple(sorted({int(q) for _, q in operands})), cols, torch.get_num_threads())
     if key not in _choices:
+        # Each call runs as in a model step: its output and panel in the step's buffer, which keeps
+        # the probes' temporaries out of glibc's heap too.
+        buffers = StepBuffers()
+
+        def in_step(kernel: Callable[..., torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+            def run() -> None:
+                with buffers():
+                    buffers.begin_phase()
+                    kernel(x, probe)
+            return run
+
         best, panel_wins = 0, 0
         for rows in _ENCODED_PROBES:
             x = torch.randn(rows, cols)
-            direct = _seconds(lambda: cpu_quant.quantized_matmul(x, probe))
-            panels = _seconds(lambda: cpu_quant.dequantized_matmul(x, probe))
+            direct = _seconds(in_step(cpu_quant.quantized_matmul, x))
+            panels = _seconds(in_step(cpu_quant.dequantized_matmul, x))
             if direct <= panels:
                 best, panel_wins = rows, 0
             else:
