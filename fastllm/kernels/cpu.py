@@ -10,6 +10,7 @@
   and GeGLU's exp to float32 rounding rather than torch's own). They are also what the one-call decode step
   of `fastllm.model.cpu_decode` runs, so both paths give the same numbers.
 
+Inside a model step their results come from the step's buffers (`fastllm.kernels.cpu_buffers`).
 All run on torch's own intra-op threads. They take float32 CPU tensors (and, for attention,
 contiguous caches and the head dims of Llama-family models, `_cpu_kernels.head_dims`): what the
 engine runs on a CPU. Anything else goes to the reference op (which checks it), so this module
@@ -80,8 +81,9 @@ def fused_add_rms_norm(
     if not (_float32_cpu(x, residual, weight) and _rows(x) and _rows(residual)):
         return reference.fused_add_rms_norm(x, residual, weight, eps)
     check_rms_norm(x, weight, eps, residual)
-    # In a model step, the step's two buffers: the sum is written over `residual` when it is the
-    # last call's sum (row by row, each element read before it is written).
+    # In a model step (a cpu_buffers block) both results are the step's buffers, which the next
+    # call overwrites: its sum goes over `residual` in place when that is this call's sum (row by
+    # row, each element read before it is written).
     out = cpu_buffers.carried("normed", x.shape[0], x.shape[1])
     summed = cpu_buffers.carried("residual", x.shape[0], x.shape[1])
     _cpu_kernels.rms_norm(

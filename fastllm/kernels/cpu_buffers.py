@@ -18,8 +18,8 @@ Within `with buffers():` (a `StepBuffers`; one model step on this thread), after
 - `carried(name, rows, cols)`: one buffer per name for the whole step that each use overwrites,
   for a result that its next producer reads in place (the residual stream).
 
-Outside a block or before its first phase they are all fresh tensors, as is anything that does
-not fit the buffer. The buffer is sized once per step, from the highest use of the largest step
+Outside a block all three are fresh tensors; so are results and temporaries before the block's
+first phase, and any piece that does not fit the buffer. The buffer is sized once per step, from the highest use of the largest step
 before it in proportion to the rows, with room to spare for a step larger than any before.
 """
 
@@ -106,10 +106,10 @@ class _Step:
         # Larger than any before: room to spare, which costs nothing where it stays untouched.
         return 2 * math.ceil(highest * self.rows / max(rows_then, 1)) + _SPARE_FLOATS
 
-    def take(self, rows: int, cols: int) -> tuple[torch.Tensor, int]:
-        """A [rows, cols] piece at the top of the buffer (or fresh), and where the top was before it."""
+    def take(self, rows: int, cols: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """A [rows, cols] piece at the top of the buffer (or fresh), and the span of the buffer it took."""
         if not self._in_phase:
-            return torch.empty(rows, cols), self._used
+            return torch.empty(rows, cols), (self._used, self._used)
         if not self.rows:
             self.rows = rows
         size, start = rows * cols, self._used
@@ -119,12 +119,14 @@ class _Step:
             # Sized once per step: a larger buffer mid-step would be held together with the
             # smaller one, which the previous phase's results keep alive.
             self._buffer = _fresh(-(-max(self._used, self._capacity()) // _ALIGN) * _ALIGN)
+        span = (start, self._used)
         if self._used > self._buffer.numel():
-            return torch.empty(rows, cols), start
-        return self._buffer[start : start + size].view(rows, cols), start
+            return torch.empty(rows, cols), span
+        return self._buffer[start : start + size].view(rows, cols), span
 
-    def give_back(self, start: int, end: int) -> None:
-        """The piece [start, end) is free again: the top comes down to it if nothing is above."""
+    def give_back(self, span: tuple[int, int]) -> None:
+        """The span a piece took is free again: the top comes down to it if nothing is above."""
+        start, end = span
         if self._used == end:
             self._used = start
 
@@ -146,12 +148,11 @@ def temporary(rows: int, cols: int) -> Iterator[torch.Tensor]:
     if step is None:
         yield torch.empty(rows, cols)
         return
-    piece, start = step.take(rows, cols)
-    end = step._used
+    piece, span = step.take(rows, cols)
     try:
         yield piece
     finally:
-        step.give_back(start, end)
+        step.give_back(span)
 
 
 def carried(name: str, rows: int, cols: int) -> torch.Tensor:

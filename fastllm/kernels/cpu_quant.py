@@ -17,7 +17,8 @@ A weight may be stacked from parts of different types (a Q4_K_M file mixes Q4_K 
 one fused projection): `parts` is a list or tuple of (uint8 data [rows_i, row bytes], type),
 stacked by rows. The types are `QUANTIZED_TYPES` (float types included, so that any part of a
 stack can be one).
-Everything runs on torch's intra-op threads (torch.get_num_threads()).
+Everything runs on torch's intra-op threads (torch.get_num_threads()). Inside a model step the
+results and the panels and products come from the step's buffers (`fastllm.kernels.cpu_buffers`).
 """
 
 from __future__ import annotations
