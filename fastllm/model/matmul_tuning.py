@@ -72,22 +72,22 @@ def direct_kernel_max_rows(operands: Sequence[tuple[torch.Tensor, object]], cols
             left -= min(left, data.shape[0])
     key = ("direct", tuple(sorted({int(q) for _, q in operands})), cols, torch.get_num_threads())
     if key not in _choices:
-        # Each call runs as in a model step: its output and panel in the step's buffer, which keeps
-        # the probes' temporaries out of glibc's heap too.
+        # The calls run as a model step's layers do: each in a phase of one step, its output and
+        # panel in the step's buffer (which also keeps the probes' temporaries out of glibc's heap).
         buffers = StepBuffers()
 
-        def in_step(kernel: Callable[..., torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
+        def in_phase(kernel: Callable[..., torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
             def run() -> None:
-                with buffers():
-                    buffers.begin_phase()
-                    kernel(x, probe)
+                buffers.begin_phase()
+                kernel(x, probe)
             return run
 
         best, panel_wins = 0, 0
         for rows in _ENCODED_PROBES:
             x = torch.randn(rows, cols)
-            direct = _seconds(in_step(cpu_quant.quantized_matmul, x))
-            panels = _seconds(in_step(cpu_quant.dequantized_matmul, x))
+            with buffers():
+                direct = _seconds(in_phase(cpu_quant.quantized_matmul, x))
+                panels = _seconds(in_phase(cpu_quant.dequantized_matmul, x))
             if direct <= panels:
                 best, panel_wins = rows, 0
             else:
