@@ -191,8 +191,9 @@ def test_gated_matmul_and_row_orders_read_the_stack_as_decoded(isa, generator, t
 
 def test_step_buffers_change_no_result(generator):
     """Inside a StepBuffers block, with a phase begun before each call, the kernels' results and
-    temporaries come from the step's buffer (sized by the first step, exact after it); they equal
-    the results outside any block, also when an activation runs a kernel itself."""
+    temporaries come from the step's buffer (the first step's with room to spare, the second's
+    sized from it); they equal the results outside any block, also when an activation runs a
+    kernel itself."""
     parts = [(random_weights(Q.Q4_0, 64, 128, generator), Q.Q4_0), (random_weights(Q.Q8_0, 30, 128, generator), Q.Q8_0)]
     inputs = [torch.randn(rows, 128, generator=generator) for rows in (40, 7, 300, 40)]
     buffers = StepBuffers()
@@ -211,7 +212,7 @@ def test_step_buffers_change_no_result(generator):
         return _glu(gate_up, out)
 
     outside = run(phases=False)
-    for _ in range(2):  # the first step sizes the buffer, the second fits in it
+    for _ in range(2):  # the first step's buffer has spare room, the second's is sized from it
         with buffers():
             inside = run(phases=True)
             buffers.begin_phase()

@@ -19,8 +19,9 @@ Within `with buffers():` (a `StepBuffers`; one model step on this thread), after
   for a result that its next producer reads in place (the residual stream).
 
 Outside a block all three are fresh tensors; so are results and temporaries before the block's
-first phase, and any piece that does not fit the buffer. The buffer is sized once per step, from the highest use of the largest step
-before it in proportion to the rows, with room to spare for a step larger than any before.
+first phase, and any piece that does not fit the buffer. The buffer is sized once per step, from
+the highest use of the largest step before it in proportion to the rows, with room to spare for
+a step larger than any before.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ _SPARE_FLOATS = 4 << 20
 _active = threading.local()  # .step: the _Step of the block in progress on this thread, or None
 
 
+def _step() -> _Step | None:
+    return getattr(_active, "step", None)
+
+
 class StepBuffers:
     """Kernel memory for one model's steps: `with buffers():` around each step, `begin_phase()`
     where each half of a layer begins."""
@@ -59,7 +64,7 @@ class StepBuffers:
     @contextmanager
     def __call__(self) -> Iterator[None]:
         """One step on this thread; a nested block joins the outermost one."""
-        if getattr(_active, "step", None) is not None:
+        if _step() is not None:
             yield
             return
         step = _active.step = _Step(self._highest, self._rows)
@@ -72,7 +77,7 @@ class StepBuffers:
 
     def begin_phase(self) -> None:
         """Results taken from here on may overwrite those of the previous phase (no-op outside a block)."""
-        step = getattr(_active, "step", None)
+        step = _step()
         if step is not None:
             step.begin_phase()
 
@@ -129,10 +134,6 @@ class _Step:
         start, end = span
         if self._used == end:
             self._used = start
-
-
-def _step() -> _Step | None:
-    return getattr(_active, "step", None)
 
 
 def output(rows: int, cols: int) -> torch.Tensor:
