@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,9 +51,10 @@ inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
     return mix64(h ^ load64(p + n - 8));
 }
 
-inline size_t table_capacity(size_t entries) {
+// The smallest power of two (at least 16) that holds `entries` at a load of at most max_load_percent.
+inline size_t table_capacity(size_t entries, size_t max_load_percent) {
     size_t capacity = 16;
-    while (capacity < entries * 2) capacity <<= 1;  // load factor <= 1/2 keeps probes short
+    while (capacity * max_load_percent < entries * 100) capacity <<= 1;
     return capacity;
 }
 
@@ -63,28 +65,29 @@ class BytesMap {
     explicit BytesMap(size_t expected = 0) { reset(expected); }
 
     void reset(size_t expected) {
-        slots_.assign(table_capacity(expected), Slot{});
+        slots_.assign(table_capacity(expected, 50), Slot{});  // a load of at most 1/2 keeps probes short
         mask_ = slots_.size() - 1;
+        keys_.clear();
+        keys_.reserve(expected);
         arena_.clear();
-        size_ = 0;
     }
 
     // Inserts or overwrites (the last value for a key wins).
     void set(std::string_view key, uint32_t value) {
         const auto* p = reinterpret_cast<const uint8_t*>(key.data());
-        Slot& slot = probe(p, key.size(), hash_bytes(p, key.size()));
+        const uint64_t hash = hash_bytes(p, key.size());
+        Slot& slot = probe(p, key.size(), hash);
         if (slot.value == kMissing) {
-            if ((size_ + 1) * 2 > slots_.size()) {
+            if ((keys_.size() + 1) * 2 > slots_.size()) {
                 grow();
                 set(key, value);
                 return;
             }
-            slot.hash = hash_bytes(p, key.size());
-            slot.length = static_cast<uint32_t>(key.size());
-            slot.packed = key.size() <= 8 ? pack_short(p, key.size()) : 0;
-            slot.offset = static_cast<uint32_t>(arena_.size());
+            if (keys_.size() >> (32 - kLengthBits)) throw std::length_error("BytesMap: too many keys");
+            slot.word = word_of(p, key.size(), hash);
+            slot.meta = static_cast<uint32_t>(keys_.size() << kLengthBits) | length_bits(key.size());
+            keys_.push_back(Key{static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(key.size())});
             arena_.append(key);
-            ++size_;
         }
         slot.value = value;
     }
@@ -96,34 +99,52 @@ class BytesMap {
         return get(reinterpret_cast<const uint8_t*>(key.data()), key.size());
     }
 
-    size_t size() const { return size_; }
+    size_t size() const { return keys_.size(); }
 
     template <class Visit>
     void for_each(Visit visit) const {
         for (const Slot& slot : slots_) {
-            if (slot.value != kMissing) visit(std::string_view(arena_.data() + slot.offset, slot.length), slot.value);
+            if (slot.value != kMissing) visit(bytes_of(slot), slot.value);
         }
     }
 
    private:
+    // 16 bytes, so that the table of a 49k vocabulary is 2 MiB: a key's word (its bytes packed
+    // when there are at most 8, which with its length determine them; else its hash), its value,
+    // and `meta`: the key's index in keys_ (where its bytes are in arena_) above kLengthBits of
+    // its length (kLongKey for longer ones). A short key matches without leaving the slot.
+    static constexpr unsigned kLengthBits = 5;
+    static constexpr uint32_t kLongKey = (1u << kLengthBits) - 1;
     struct Slot {
-        uint64_t hash = 0;
-        uint64_t packed = 0;
-        uint32_t offset = 0;
-        uint32_t length = 0;
+        uint64_t word = 0;
         uint32_t value = kMissing;
+        uint32_t meta = 0;
+    };
+    struct Key {
+        uint32_t offset;
+        uint32_t length;
     };
 
-    bool matches(const Slot& slot, const uint8_t* p, size_t n, uint64_t hash) const {
-        if (slot.hash != hash || slot.length != n) return false;
-        if (n <= 8) return slot.packed == pack_short(p, n);
-        return std::memcmp(arena_.data() + slot.offset, p, n) == 0;
+    static uint64_t word_of(const uint8_t* p, size_t n, uint64_t hash) { return n <= 8 ? pack_short(p, n) : hash; }
+    static uint32_t length_bits(size_t n) { return n < kLongKey ? static_cast<uint32_t>(n) : kLongKey; }
+
+    std::string_view bytes_of(const Slot& slot) const {
+        const Key& key = keys_[slot.meta >> kLengthBits];
+        return std::string_view(arena_.data() + key.offset, key.length);
+    }
+
+    bool matches(const Slot& slot, const uint8_t* p, size_t n, uint64_t word) const {
+        if (slot.word != word || (slot.meta & kLongKey) != length_bits(n)) return false;
+        if (n <= 8) return true;
+        const std::string_view bytes = bytes_of(slot);
+        return bytes.size() == n && std::memcmp(bytes.data(), p, n) == 0;
     }
 
     const Slot& probe_const(const uint8_t* p, size_t n, uint64_t hash) const {
+        const uint64_t word = word_of(p, n, hash);
         for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
             const Slot& slot = slots_[i];
-            if (slot.value == kMissing || matches(slot, p, n, hash)) return slot;
+            if (slot.value == kMissing || matches(slot, p, n, word)) return slot;
         }
     }
 
@@ -138,7 +159,7 @@ class BytesMap {
 
     std::vector<Slot> slots_;
     size_t mask_ = 0;
-    size_t size_ = 0;
+    std::vector<Key> keys_;
     std::string arena_;
 };
 
@@ -152,7 +173,9 @@ class PairMap {
     static constexpr uint32_t kNoRank = UINT32_MAX;
 
     void reset(size_t expected) {
-        slots_.assign(table_capacity(expected), Slot{});
+        // Up to 3/4 full, not the BytesMaps' 1/2: half the memory for a 49k-merge vocabulary
+        // (1 MiB), at a small cost to text that misses the piece cache (benchmarks/README.md).
+        slots_.assign(table_capacity(expected, 75), Slot{});
         shift_ = 64;
         for (size_t c = slots_.size(); c > 1; c >>= 1) --shift_;
         mask_ = slots_.size() - 1;

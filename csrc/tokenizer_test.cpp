@@ -1,7 +1,7 @@
 // C++ test driver for the tokenizer core (ctest; `make test` runs it under ASan + UBSan).
 // Python tests hold the ids equal to HF tokenizers; this driver checks the core on its own:
-// the splitters on hand-worked cases, fast BPE against a plain reference BPE on random vocabularies
-// (both merge paths), and that arbitrary bytes (invalid UTF-8 included) round-trip without crashing.
+// the hash tables against std::map, the splitters on hand-worked cases, fast BPE against a plain
+// reference BPE on random vocabularies (both merge paths), and that arbitrary bytes (invalid UTF-8 included) round-trip without crashing.
 // SentencePiece BPE: see sentencepiece_test.cpp.
 #include <cstdio>
 #include <cstdlib>
@@ -10,7 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <map>
+
 #include "byte_level.h"
+#include "hash_maps.h"
 #include "pretokenizer.h"
 #include "test_checks.h"
 #include "tokenizer.h"
@@ -303,9 +306,59 @@ void test_byte_level_alphabet() {
     CHECK(!byte_level::decode("\xEF\xBD\x9C"));        // '｜' is outside the alphabet
 }
 
+// The tables of the encode path against std::map on random keys: lengths 0-70 over few letters,
+// so that short keys share packed bytes and long ones share prefixes; growth past the size given.
+void test_hash_maps() {
+    std::mt19937 rng(7);
+    std::map<std::string, uint32_t> expected;
+    BytesMap bytes(8);
+    for (uint32_t i = 0; i < 4000; ++i) {
+        std::string key(rng() % 71, 'a');
+        for (char& c : key) c = "ab\xff"[rng() % 3];
+        bytes.set(key, i);
+        expected[key] = i;
+    }
+    CHECK(bytes.size() == expected.size());
+    size_t visited = 0;
+    bytes.for_each([&](std::string_view key, uint32_t value) {
+        ++visited;
+        const auto it = expected.find(std::string(key));
+        CHECK(it != expected.end() && it->second == value);
+    });
+    CHECK(visited == expected.size());
+    for (const auto& [key, value] : expected) CHECK(bytes.get(key) == value);
+    for (int i = 0; i < 2000; ++i) {
+        std::string key(rng() % 71, 'a');
+        for (char& c : key) c = "abc"[rng() % 3];
+        const auto it = expected.find(key);
+        CHECK(bytes.get(key) == (it == expected.end() ? BytesMap::kMissing : it->second));
+    }
+
+    PairMap pairs;
+    pairs.reset(3000);  // 3/4 full at most: 4096 slots
+    std::map<std::pair<uint32_t, uint32_t>, uint32_t> ranks;
+    for (uint32_t rank = 0; rank < 3000; ++rank) {
+        const uint32_t left = rng() % 200, right = rng() % 200;
+        pairs.set(left, right, PairMap::Merge{rank, rank + 7});
+        ranks[{left, right}] = rank;
+    }
+    for (uint32_t left = 0; left < 210; ++left) {
+        for (uint32_t right = 0; right < 210; ++right) {
+            const auto it = ranks.find({left, right});
+            const PairMap::Merge merge = pairs.get(left, right);
+            if (it == ranks.end()) {
+                CHECK(merge.rank == PairMap::kNoRank);
+            } else {
+                CHECK(merge.rank == it->second && merge.merged == it->second + 7);
+            }
+        }
+    }
+}
+
 }  // namespace
 
 int main() {
+    test_hash_maps();
     test_byte_level_alphabet();
     test_splitters();
     test_bpe_against_reference();

@@ -25,12 +25,13 @@ from __future__ import annotations
 import codecs
 import os
 import unicodedata
-from array import array
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, Union
 
 from fastllm import _tokenizer
+from fastllm.string_array import StringArray
 
 __all__ = ["PRE_TOKENIZERS", "SPACE_PREFIXES", "StreamDecoder", "Tokenizer", "TokenType"]
 
@@ -53,41 +54,30 @@ _KIND_NORMAL, _KIND_BYTE, _KIND_OTHER = 0, 1, 2
 
 
 class _Vocabulary:
-    """The vocabulary's strings by id, stored as one string and the offsets into it: a list of
-    one str object per token costs about 80 bytes each (4 MB for a 49k vocabulary, held for the
-    process's life); this costs the characters and 4 bytes per id."""
+    """The vocabulary's strings by id, held for the process's life: a StringArray (the one the
+    GGUF reader made, or a copy of a list's) and, for ids it has no string for, the added
+    tokens' contents (None where there is none)."""
 
     def __init__(self, tokens: Sequence[str | None], size: int, extra: dict[int, str]) -> None:
-        pieces: list[str] = []
-        ends = array("I")
-        missing: list[int] = []
-        length = 0
-        for token_id in range(size):
-            token = tokens[token_id] if token_id < len(tokens) else None
-            if token is None:
-                token = extra.get(token_id)
-            if token is None:
-                missing.append(token_id)
-            else:
-                pieces.append(token)
-                length += len(token)
-            ends.append(length)
-        self._text = "".join(pieces)
-        self._ends = ends
-        self._missing = frozenset(missing)
+        if isinstance(tokens, StringArray):
+            self._strings, gaps = tokens, []
+        else:
+            self._strings = StringArray.from_strings("" if token is None else token for token in tokens)
+            gaps = [token_id for token_id, token in enumerate(tokens) if token is None]
+        self._others = {token_id: extra.get(token_id) for token_id in chain(gaps, range(len(self._strings), size))}
+        self._size = size
 
     def __getitem__(self, token_id: int) -> str | None:
-        if token_id in self._missing:
-            return None
-        return self._text[self._ends[token_id - 1] if token_id > 0 else 0 : self._ends[token_id]]
+        if token_id in self._others:
+            return self._others[token_id]
+        return self._strings[token_id]
 
     def items(self) -> Iterable[tuple[int, str]]:
         """(id, string) of every id that has a string."""
-        start = 0
-        for token_id, end in enumerate(self._ends):
-            if token_id not in self._missing:
-                yield token_id, self._text[start:end]
-            start = end
+        for token_id in range(self._size):
+            token = self[token_id]
+            if token is not None:
+                yield token_id, token
 
 
 class Tokenizer:

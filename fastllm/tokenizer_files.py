@@ -12,11 +12,13 @@ Anything else is refused with a ValueError naming what is unsupported.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastllm.string_array import StringArray
 from fastllm.tokenizer import Tokenizer, TokenType
 
 # GGUF `tokenizer.ggml.pre` names (as llama.cpp writes them) -> the pre-tokenizer they denote.
@@ -83,8 +85,8 @@ def _from_gguf_metadata(cls: type[Tokenizer], metadata: dict[str, Any], pre_toke
             f"unsupported tokenizer.ggml.model {model!r}: supported are 'gpt2' (byte-level BPE) "
             "and 'llama' (SentencePiece BPE)"
         )
-    tokens = field("tokenizer.ggml.tokens", list)
-    if not all(isinstance(token, str) for token in tokens):
+    tokens = field("tokenizer.ggml.tokens", (list, StringArray))
+    if not isinstance(tokens, StringArray) and not all(isinstance(token, str) for token in tokens):
         raise ValueError("tokenizer.ggml.tokens must be an array of strings")
     try:
         types = np.asarray(field("tokenizer.ggml.token_type", object, []), dtype=np.int64)[: len(tokens)]
@@ -111,7 +113,7 @@ def _byte_level_gguf(cls, field, tokens, types, pre_tokenizer, common) -> Tokeni
                 "(or pass pre_tokenizer=)"
             )
         pre_tokenizer = GGUF_PRE_TOKENIZERS[name]
-    merges = [_split_merge(m, i, "tokenizer.ggml.merges") for i, m in enumerate(field("tokenizer.ggml.merges", list))]
+    merges = _MergePairs(field("tokenizer.ggml.merges", (list, StringArray)), "tokenizer.ggml.merges")
     # CONTROL tokens are special, USER_DEFINED ones added text, both matched before pre-tokenization.
     added = [
         (int(i), tokens[i], types[i] == TokenType.CONTROL, False)
@@ -149,7 +151,7 @@ def _sentencepiece_gguf(cls, field, tokens, types, common) -> Tokenizer:
         unknown = int(np.flatnonzero(types == TokenType.UNKNOWN)[0])
     return cls.sentencepiece(
         tokens,
-        scores=np.asarray(scores, dtype=np.float32).tolist(),
+        scores=np.asarray(scores, dtype=np.float32),
         token_types=types.tolist(),
         added_tokens=added,
         # llama.cpp's default for a SentencePiece vocabulary that does not say.
@@ -370,6 +372,21 @@ def _table_size(ids: list[int]) -> int:
     if size > 2 * len(ids) + 256:
         raise ValueError(f"token id {size - 1} is far beyond the {len(ids)} tokens defined: ids must be nearly dense")
     return size
+
+
+class _MergePairs(Sequence[tuple[str, str]]):
+    """Merges written "left right", read as (left, right) pairs when asked for: a list of the
+    pairs would be some 150k objects for a 49k-merge vocabulary, made and dropped during the load."""
+
+    def __init__(self, merges: Sequence[Any], source: str) -> None:
+        self._merges = merges
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._merges)
+
+    def __getitem__(self, index: int) -> tuple[str, str]:  # type: ignore[override]  # no slices
+        return _split_merge(self._merges[index], index, self._source)
 
 
 def _split_merge(merge: Any, index: int, source: str) -> tuple[str, str]:

@@ -324,12 +324,34 @@ def test_store_kv_cache_equals_the_reference_and_skips_negative_slots():
 
 NATIVE_OPS = ("paged_decode_attention", "rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul",
               "gelu_tanh_and_mul", "store_kv_cache")
+# The reference op itself, its result written into the step's buffers.
+BUFFERED_OPS = ("varlen_attention",)
 
 
 def test_cpu_backend_is_the_reference_with_native_ops():
     backend = get_backend("cpu")
     assert backend.name == "cpu"
+    own = NATIVE_OPS + BUFFERED_OPS
     for op in OP_NAMES:
-        expected = getattr(cpu, op) if op in NATIVE_OPS else getattr(reference, op)
+        expected = getattr(cpu, op) if op in own else getattr(reference, op)
         assert getattr(backend, op) is expected
-    assert all(getattr(cpu, op) is not getattr(reference, op) for op in NATIVE_OPS)
+    assert all(getattr(cpu, op) is not getattr(reference, op) for op in own)
+
+
+def test_varlen_attention_writes_the_references_result_into_the_step_buffers():
+    from fastllm.kernels import cpu_buffers
+    from fastllm.kernels.cpu_buffers import StepBuffers
+
+    generator = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(9, heads, 16, generator=generator) for heads in (6, 2, 2))
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    expected = reference.varlen_attention(q, k, v, cu, cu)
+    buffers = StepBuffers()
+    with buffers():
+        buffers.begin_phase()
+        earlier = cpu_buffers.output(4, 4)
+        got = cpu.varlen_attention(q, k, v, cu, cu)
+        assert torch.equal(got, expected)
+        assert got.untyped_storage().data_ptr() == earlier.untyped_storage().data_ptr()  # the same step buffer
+    with pytest.raises(ValueError, match="out must be a tensor of q's shape"):
+        reference.varlen_attention(q, k, v, cu, cu, out=torch.empty(9, 6, 8))

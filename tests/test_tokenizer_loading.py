@@ -10,6 +10,8 @@ from tokenizer_reference import default_vocabulary, hf_reference, reference_enco
 from tokenizers import Tokenizer as HFTokenizer
 
 from fastllm import Tokenizer, default_model_path
+from fastllm.loader.gguf_file import GGUFFile
+from fastllm.string_array import StringArray
 
 CONTROL, NORMAL = 3, 1
 
@@ -158,3 +160,13 @@ def test_qwen2_gguf_and_nfc_tokenizer_json(tmp_path) -> None:
     for text in ("cafe\u0301 na\u0131\u0308ve 12\u0301", "<|im_start|>e\u0301<|im_end|>", "plain"):
         assert loaded.encode(text) == reference.encode(text, add_special_tokens=False).ids
         assert loaded.encode_batch([text]) == [loaded.encode(text)]
+
+
+@pytest.mark.parametrize("container", [list, StringArray.from_strings])
+def test_a_gguf_merge_without_one_space_is_named(container) -> None:
+    metadata = dict(GGUFFile(default_model_path()).metadata)
+    assert isinstance(metadata["tokenizer.ggml.merges"], StringArray)  # as the reader gives them
+    merges = list(metadata["tokenizer.ggml.merges"][:100])
+    metadata["tokenizer.ggml.merges"] = container([*merges, "Ġt"])
+    with pytest.raises(ValueError, match=r"t\.gguf: tokenizer\.ggml\.merges: merge 100 is 'Ġt', expected two tokens"):
+        Tokenizer.from_gguf_metadata(metadata, source="t.gguf")

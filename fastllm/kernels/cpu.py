@@ -33,7 +33,7 @@ from fastllm.kernels._checks import (
     check_store_kv_cache,
     check_window,
 )
-from fastllm.kernels.reference import sample, softmax, varlen_attention
+from fastllm.kernels.reference import sample, softmax
 
 __all__ = [
     "fused_add_rms_norm",
@@ -91,6 +91,18 @@ def fused_add_rms_norm(
         torch.get_num_threads(),
     )
     return out, summed
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+    **options: object,
+) -> torch.Tensor:
+    """`fastllm.kernels.reference.varlen_attention`, its result in the step's buffers for float32
+    CPU queries [T, Hq, D]."""
+    out = None
+    if _float32_cpu(q) and q.dim() == 3:
+        out = cpu_buffers.output(q.shape[0], q.shape[1] * q.shape[2]).view(q.shape)
+    return reference.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, out=out, **options)
 
 
 def rotary_embedding(

@@ -203,6 +203,7 @@ def varlen_attention(
     max_seqlen_q: int | None = None,
     max_seqlen_k: int | None = None,
     window: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention over packed variable-length sequences (flash-attention's varlen conventions).
 
@@ -212,7 +213,8 @@ def varlen_attention(
     `window` (causal only): each query sees at most the last `window` keys up to itself
     (flash-attention's window_size=(window - 1, 0)); None = all of them.
     `max_seqlen_q`/`max_seqlen_k` are ignored here: the Triton kernel sizes its grid with
-    `max_seqlen_q` without a sync (and only type-checks `max_seqlen_k`).
+    `max_seqlen_q` without a sync (and only type-checks `max_seqlen_k`). `out`: where to write
+    the result (q's shape, dtype and device); None = a new tensor.
     """
     check_varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table)
     scale = check_softmax_scale(softmax_scale, q.shape[-1])
@@ -223,7 +225,10 @@ def varlen_attention(
         num_k_tokens=None if paged else k.shape[0],
         kv_capacity=block_table.shape[1] * k.shape[1] if paged else None,
     )
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    elif not isinstance(out, torch.Tensor) or (out.shape, out.dtype, out.device) != (q.shape, q.dtype, q.device):
+        raise ValueError(f"out must be a tensor of q's shape {tuple(q.shape)}, dtype {q.dtype} and device {q.device}")
     for b in range(len(starts_q) - 1):
         q0, q1, k0, k1 = starts_q[b], starts_q[b + 1], starts_k[b], starts_k[b + 1]
         if q1 == q0:

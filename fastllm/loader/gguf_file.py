@@ -14,6 +14,7 @@ import math
 import mmap
 import os
 import struct
+from array import array
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 from fastllm.loader.checkpoint import CheckpointError
+from fastllm.string_array import StringArray
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -132,33 +134,37 @@ class _Cursor:
             raise CheckpointError(self.path, f"{what} holds arrays of arrays, which llama.cpp does not read either")
         raise CheckpointError(self.path, f"GGUF file is corrupt: {what} is an array of unknown value type {kind}")
 
-    def strings(self, count: int, what: str) -> list[str]:
-        # The hot loop of a GGUF header (tokenizer vocabularies and merges): locals only.
+    def strings(self, count: int, what: str) -> StringArray:
+        # The hot loop of a GGUF header (tokenizer vocabularies and merges): locals only, and no
+        # object per string (see fastllm.string_array).
         self.check_room(count * 8, what)
         buf, size, pos = self.buf, self.size, self.pos
         unpack_length = struct.Struct("<Q").unpack_from
-        out = []
-        append = out.append
-        for _ in range(count):
-            if pos + 8 > size:
-                self.pos = pos
-                self.check_room(8, what)
-            (length,) = unpack_length(buf, pos)
-            pos += 8
-            if pos + length > size:
-                self.pos = pos
-                self.check_room(length, what)
-            append(buf[pos : pos + length].decode("utf-8", "surrogateescape"))
-            pos += length
+        data = bytearray()
+        ends = array("q")
+        append = ends.append
+        with memoryview(buf) as view:
+            for _ in range(count):
+                if pos + 8 > size:
+                    self.pos = pos
+                    self.check_room(8, what)
+                (length,) = unpack_length(buf, pos)
+                pos += 8
+                if pos + length > size:
+                    self.pos = pos
+                    self.check_room(length, what)
+                data += view[pos : pos + length]
+                append(len(data))
+                pos += length
         self.pos = pos
-        return out
+        return StringArray(bytes(data), ends)
 
 
 class GGUFFile:
     """A parsed GGUF file: `metadata` (key -> value), `tensors` (name -> GGUFTensorInfo), `raw(name)`.
 
     Metadata values are Python scalars and strings; numeric arrays are numpy arrays, string
-    arrays lists of str.
+    arrays `StringArray`s (sequences of str, equal to the lists they hold).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:

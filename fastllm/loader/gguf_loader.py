@@ -63,8 +63,9 @@ def _unpermuted(tensor: torch.Tensor | QuantizedTensor, head_dim: int) -> torch.
     """A Q/K weight with llama.cpp's row permutation undone: a float tensor's rows copied, an
     encoded one's read in place through its `row_order`."""
     if isinstance(tensor, QuantizedTensor):
-        order = unpermute_qk(torch.arange(tensor.shape[0]), tensor.shape[0] // head_dim)
-        return QuantizedTensor(tensor.data, tensor.qtype, tensor.shape, order)
+        # numpy, not torch: see fastllm.model.quantized._NUMPY_FLOATS
+        order = unpermute_qk(np.arange(tensor.shape[0]), tensor.shape[0] // head_dim)
+        return QuantizedTensor(tensor.data, tensor.qtype, tensor.shape, torch.from_numpy(order))
     return unpermute_qk(tensor, tensor.shape[0] // head_dim).contiguous()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -148,11 +149,11 @@ def _output_order(parts: Sequence[QuantizedTensor]) -> torch.Tensor | None:
     if all(part.row_order is None for part in parts):
         return None
     orders, first = [], 0
-    for part in parts:
+    for part in parts:  # numpy, not torch: see fastllm.model.quantized._NUMPY_FLOATS
         rows = part.shape[0]
-        orders.append(first + (torch.arange(rows) if part.row_order is None else part.row_order))
+        orders.append(first + (np.arange(rows) if part.row_order is None else part.row_order.numpy()))
         first += rows
-    return torch.cat(orders)
+    return torch.from_numpy(np.concatenate(orders))
 
 
 def make_linear(

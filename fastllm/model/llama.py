@@ -56,6 +56,8 @@ def _dense(weight: torch.Tensor | QuantizedTensor, dtype: torch.dtype, device: t
     return weight.to(device=device, dtype=dtype).contiguous()
 
 
+# Rotary table rows a CPU model starts with (see LlamaForCausalLM._set_rotary): a power of two.
+_FIRST_ROTARY_ROWS = 1024
 # The gated MLP's activation (ModelConfig.hidden_act) -> the backend op computing act(gate) * up.
 _GATED_ACTIVATIONS = {"silu": "silu_and_mul", "gelu_pytorch_tanh": "gelu_tanh_and_mul"}
 
@@ -264,18 +266,41 @@ class LlamaForCausalLM(nn.Module):
 
     def _set_rotary(self, rope_freqs: torch.Tensor | None, device: torch.device) -> None:
         """The rotary tables: rotary_cos/sin for the layers with the model's rope, and
-        local_rotary_cos/sin (None unless some layer has `local_rope`) for sliding layers with their own base."""
+        local_rotary_cos/sin (None unless some layer has `local_rope`) for sliding layers with their own base.
+
+        On the CPU they start at _FIRST_ROTARY_ROWS positions and grow with the positions a step
+        holds (`_cover`): a long-context model's whole tables are tens of MB a process would keep
+        for positions it may never see. Elsewhere they are whole from the start, so that a step
+        never waits to learn its largest position.
+        """
         config = self.config
         inv_freq, attention_factor = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling, rope_freqs)
-        cos, sin = rotary_cos_sin(config.max_position_embeddings, inv_freq, attention_factor, device)
-        self.register_buffer("rotary_cos", cos, persistent=False)
-        self.register_buffer("rotary_sin", sin, persistent=False)
-        local = None, None
+        local_inv_freq = None
         if any(layer.local_rope for layer in self.layers):
             local_inv_freq, _ = rope_inv_freq(config.head_dim, config.local_rope_theta)
-            local = rotary_cos_sin(config.max_position_embeddings, local_inv_freq, 1.0, device)
+        self._rope = inv_freq, attention_factor, local_inv_freq
+        rows = config.max_position_embeddings
+        self._fill_rotary(min(rows, _FIRST_ROTARY_ROWS) if torch.device(device).type == "cpu" else rows, device)
+
+    def _fill_rotary(self, rows: int, device: torch.device) -> None:
+        # A power of two of rows (or all of them) is a whole number of vectors for the elementwise
+        # cos and sin, so that every position's entries are the same bits at every size.
+        inv_freq, attention_factor, local_inv_freq = self._rope
+        cos, sin = rotary_cos_sin(rows, inv_freq, attention_factor, device)
+        self.register_buffer("rotary_cos", cos, persistent=False)
+        self.register_buffer("rotary_sin", sin, persistent=False)
+        local = (None, None) if local_inv_freq is None else rotary_cos_sin(rows, local_inv_freq, 1.0, device)
         self.register_buffer("local_rotary_cos", local[0], persistent=False)
         self.register_buffer("local_rotary_sin", local[1], persistent=False)
+
+    def _cover(self, positions: torch.Tensor) -> None:
+        """Grow the rotary tables to hold `positions` (see `_set_rotary`): to the next power of two
+        of rows, or to all of max_position_embeddings."""
+        rows, limit = self.rotary_cos.shape[0], self.config.max_position_embeddings
+        if rows < limit and positions.numel():
+            needed = int(positions.max()) + 1
+            if needed > rows:
+                self._fill_rotary(min(1 << (needed - 1).bit_length(), limit), self.device)
 
     def rotary_tables(self, layer: LlamaDecoderLayer) -> tuple[torch.Tensor, torch.Tensor]:
         """The (cos, sin) tables `layer` rotates its queries and keys with."""
@@ -386,6 +411,7 @@ class LlamaForCausalLM(nn.Module):
         if self.embed_tokens is None:
             raise RuntimeError("the model has no weights yet: call load_weights first")
         hidden = self._embed(input_ids)
+        self._cover(positions)
         if self.embedding_multiplier is not None:
             hidden = hidden * self.embedding_multiplier
         if self._fused_decode is not None and not meta.is_prefill and self._fused_decode.takes(kv_cache):

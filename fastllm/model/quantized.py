@@ -23,6 +23,9 @@ from fastllm.ggml_types import BLOCK_SIZES, GGMLType
 Q = GGMLType
 
 FLOAT_TYPES = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}
+# The load's array work is numpy's where numpy can do it: each torch op run only at load (views,
+# sorts, aranges) brings pages of libtorch's code into memory that no step reads again.
+_NUMPY_FLOATS = {Q.F32: np.float32, Q.F16: np.float16}
 # Block formats decoded through gguf.quants: the rest of the llama.cpp "legacy" and K-quant families.
 GGUF_QUANTS_TYPES = (Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 
@@ -78,7 +81,10 @@ def dequantize(raw: np.ndarray, qtype: GGMLType, shape: tuple[int, ...]) -> torc
     float32. Raises ValueError for a type outside SUPPORTED_TYPES.
     """
     if qtype in FLOAT_TYPES:
-        return torch.from_numpy(raw.reshape(-1)).view(FLOAT_TYPES[qtype]).reshape(shape)
+        flat = raw.reshape(-1)
+        if qtype in _NUMPY_FLOATS:  # viewed by numpy: see _NUMPY_FLOATS
+            return torch.from_numpy(flat.view(_NUMPY_FLOATS[qtype]).reshape(shape))
+        return torch.from_numpy(flat).view(FLOAT_TYPES[qtype]).reshape(shape)
     decoder = BLOCK_DECODERS.get(qtype)
     if decoder is not None:
         block_bytes = BLOCK_SIZES[qtype][1]
@@ -120,7 +126,7 @@ class QuantizedTensor:
         order = self.row_order
         if order is not None and not (
             isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.shape == (rows,)
-            and torch.equal(torch.sort(order).values, torch.arange(rows))
+            and _is_permutation(order.cpu().numpy())
         ):
             raise ValueError(f"QuantizedTensor row_order must be a permutation of range({rows}) as an int64 tensor, "
                              f"got {_describe(order)}")
@@ -161,6 +167,13 @@ class QuantizedTensor:
         if self.row_order is not None:
             decoded = decoded.index_select(0, self.row_order)
         return decoded.to(device=device, dtype=dtype)
+
+
+def _is_permutation(order: np.ndarray) -> bool:
+    """Whether the ints `order` hold each of 0 .. len(order) - 1 once."""
+    if len(order) and (order.min() < 0 or order.max() >= len(order)):
+        return False
+    return bool((np.bincount(order, minlength=len(order)) == 1).all())
 
 
 def _describe(value: object) -> str:
