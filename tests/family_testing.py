@@ -92,6 +92,9 @@ def write_gguf(model: torch.nn.Module, path: Path, *, matrix_type: gguf.GGMLQuan
     make_gguf._add_model_metadata(writer, shape, matrix_type)
     if arch == "gemma3":
         writer.add_sliding_window(config.sliding_window)
+        # Per layer, as converters write it where the layers follow no period (Gemma 3n): a bool
+        # array (true: sliding), which the GGUF reader returns as a numpy array.
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in config.layer_types])
     make_gguf._add_tokenizer(writer, make_gguf.fit_tokenizer(make_gguf.default_tokenizer_metadata(), config.vocab_size))
     names = _gguf_names(arch, config.num_hidden_layers)
     for hf_name, tensor in model.state_dict().items():

@@ -134,6 +134,8 @@ def _layer_types(meta: _Metadata, num_layers: int, default_period: int) -> tuple
     """Per-layer attention from `{arch}.attention.sliding_window_pattern`: a period (every n-th layer
     global, the others sliding) or one bool per layer (true: sliding); else `default_period`."""
     pattern = meta.get("{arch}.attention.sliding_window_pattern", default_period)
+    if isinstance(pattern, np.ndarray) and pattern.dtype == np.bool_:  # the GGUF reader's bool arrays
+        pattern = pattern.tolist()
     if isinstance(pattern, list):
         if len(pattern) != num_layers or not all(isinstance(p, bool) for p in pattern):
             raise CheckpointError(meta.path, f"GGUF metadata sliding_window_pattern must hold {num_layers} bools")
